@@ -1,0 +1,1 @@
+"""One LightningDataModule per paper, thin over ``zoo.data`` / ``zoo.datamodule``."""

@@ -1,0 +1,56 @@
+"""CLIP, as trained as the baseline in SLIP (Mu et al., ECCV 2022; Radford et al., 2021).
+
+    L = L_CLIP(ẑ_I, ẑ_T) = ½[CE(s·ẑ_I ẑ_Tᵀ, y) + CE(s·ẑ_T ẑ_Iᵀ, y)]     (SLIP §3, Eq. 1)
+
+- ẑ_I = normalise(f_I(x) W_I), ẑ_T = normalise(f_T(t) W_T): ``DualEncoder.forward``;
+- s = exp(t), t learnable, initialised to log(1/0.07) and clamped to [0, 4.6052] after every
+  optimiser step (SLIP ``main.py``): ``after_optimizer_step``;
+- other GPUs' features are gathered without gradient (SLIP ``all_gather_batch``):
+  ``gather="no_grad"``; ``"with_grad"`` gives the exact full-batch gradient under DDP;
+- optimiser: AdamW (0.9, 0.98), lr 5e-4, weight decay 0.5, no decay on biases / norms /
+  1-D parameters, 1 warm-up epoch then cosine to 1e-5, per step (SLIP README, CLIP row).
+
+Nothing is frozen; everything trains from scratch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.backbones import DualEncoderSpec, build_dual_encoder
+from zoo.losses import ClipInfoNCE, GatherPolicy
+from zoo.module import ZooModule
+from zoo.optim import OptimSpec
+from zoo.specs import to_spec
+
+
+class CLIP(ZooModule):
+    def __init__(
+        self,
+        encoder: DualEncoderSpec | None = None,
+        gather: GatherPolicy = "no_grad",
+        label_smoothing: float = 0.0,
+        optim: OptimSpec | None = None,
+    ):
+        super().__init__(
+            to_spec(OptimSpec, optim) if optim else OptimSpec(lr=5e-4, weight_decay=0.5)
+        )
+        self.save_hyperparameters()
+        self.encoder = build_dual_encoder(to_spec(DualEncoderSpec, encoder))
+        self.clip_loss = ClipInfoNCE(gather=gather, label_smoothing=label_smoothing)
+
+    def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        z_i, z_t, scale = self.encoder(batch["image"], batch["text"])
+        loss = self.clip_loss(z_i, z_t, scale)
+        return {"loss": loss, "clip_loss": loss.detach(), "logit_scale": scale.detach()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.loss_terms(batch)
+        self.log_losses(terms)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_losses(self.loss_terms(batch), prefix="val", sync_dist=True)
+
+    def after_optimizer_step(self) -> None:
+        self.encoder.clamp_logit_scale()

@@ -1,0 +1,66 @@
+"""Freezing helpers, EMA, and the projection MLP block spec."""
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.ema import EMA
+from zoo.freeze import assert_frozen, freeze, trainable_parameter_names
+from zoo.heads import MLPSpec, ProjectionMLP
+
+
+def test_frozen_weights_stay_bit_identical_through_training():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    freeze(model[0], model[1])
+    before = {k: v.clone() for k, v in model[:2].state_dict().items()}
+    assert trainable_parameter_names(model) == ["2.weight", "2.bias"]
+    assert_frozen(model, allow=["2."])
+    with pytest.raises(AssertionError, match="2.weight"):
+        assert_frozen(model)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.5
+    )
+    for _ in range(3):
+        model[2].train()
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for k, v in model[:2].state_dict().items():
+        assert torch.equal(v, before[k]), k  # includes BN running stats (eval mode)
+
+
+def test_ema_update_rule():
+    model = nn.Linear(3, 1)
+    ema = EMA(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first update copies (AveragedModel semantics)
+    torch.testing.assert_close(ema.module.weight, model.weight)
+    prev = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module.weight, 0.9 * prev + 0.1 * model.weight)
+    assert not any(p.requires_grad for p in ema.parameters())
+    assert not torch.equal(start, ema.module.weight)
+
+
+def test_projection_mlp_matches_slip_head_layout():
+    head = ProjectionMLP(384, MLPSpec(hidden_dims=[4096, 4096], out_dim=256))
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [4096, 4096, 256]
+    assert head[0].in_features == 384
+    # hand computation in eval mode (BN uses running statistics)
+    small = ProjectionMLP(6, MLPSpec(hidden_dims=[5], out_dim=3)).eval()
+    with torch.no_grad():
+        small.bn1.running_mean.uniform_(-1, 1)
+        small.bn1.running_var.uniform_(0.5, 2)
+        small.bn1.weight.uniform_(0.5, 2)
+    x = torch.randn(4, 6)
+    bn = small.bn1
+    h = x @ small.layer1.weight.T + small.layer1.bias
+    h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    expected = h.clamp_min(0) @ small.layer2.weight.T + small.layer2.bias
+    torch.testing.assert_close(small(x), expected)

@@ -1,0 +1,71 @@
+"""The registry discovers papers from recipe folders; generated READMEs are up to date;
+``zoo --help`` / ``zoo list`` / ``zoo info`` answer without importing torch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from zoo.docs import TABLE_END, TABLE_START, readme_path, render_papers_table, render_readme
+from zoo.registry import get_paper, papers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_paper_readme_is_generated_from_its_metafile():
+    found = papers()
+    assert {"clip", "slip"} <= {p.slug for p in found}
+    for paper in found:
+        assert readme_path(paper).read_text() == render_readme(paper), (
+            f"run `python -m zoo docs` ({paper.slug})"
+        )
+
+
+def test_root_readme_papers_table_is_up_to_date():
+    text = (ROOT / "README.md").read_text()
+    table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert table == render_papers_table().strip(), "run `python -m zoo docs`"
+
+
+def test_metafiles_have_sourced_reported_numbers():
+    for paper in papers():
+        meta = yaml.safe_load((paper.folder / "metafile.yaml").read_text())
+        assert meta["paper"]["arxiv"]
+        for row in meta["reported"]:
+            assert row["source"] and isinstance(row["value"], (int, float))
+            recipe = row["recipe"].split(" ")[0]
+            assert (paper.folder / recipe).is_file(), f"{paper.slug}: {recipe} missing"
+    slip = get_paper("slip").metafile["reported"]
+    b16 = {r["metric"]: r["value"] for r in slip if r["setting"] == "YFCC15M ViT-B/16 25 ep"}
+    assert b16["zero-shot top-1"] == 42.8 and b16["linear-probe top-1"] == 72.1
+
+
+def _run_zoo(*args: str) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, runpy; sys.argv = ['zoo', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('zoo', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
+        "print('HEAVY=' + ','.join(heavy))\nsys.exit(code)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_help_list_info_do_not_import_torch():
+    for args in (["--help"], ["list"], ["info", "slip"]):
+        out = _run_zoo(*args)
+        assert out.returncode == 0, out.stderr
+        assert "HEAVY=\n" in out.stdout, (args, out.stdout[-200:])
+    assert "recipes/slip/tiny.yaml" in _run_zoo("list").stdout
+    info = _run_zoo("info", "slip").stdout
+    assert "42.8" in info and "72.1" in info
+
+
+def test_unknown_paper_and_command_fail_clearly():
+    out = _run_zoo("info", "nope")
+    assert out.returncode != 0 and "unknown paper 'nope'" in out.stderr
+    out = _run_zoo("frobnicate")
+    assert out.returncode == 2 and "unknown command" in out.stderr

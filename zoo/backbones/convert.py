@@ -1,0 +1,566 @@
+"""Weight converters: Hugging Face CLIP and OpenAI / open_clip CLIP ViTs → :class:`DualEncoder`.
+
+Every converter infers a :class:`DualEncoderSpec` (timm ViT vision tower with CLIP's
+``pre_norm``, Hugging Face CLIP text tower), builds the zoo model, maps every weight and
+loads it with ``strict=True``, so a weight that is not mapped is an error, never dropped.
+Each returns ``(model, preprocess)``; ``preprocess`` holds what the inputs need:
+``image_size``, ``resize`` (shortest edge), ``crop``, ``mean``, ``std``, ``interpolation``
+and ``context_length``.
+
+Key layouts (zoo ← source):
+
+============================  ====================================  =======================================
+zoo (timm ViT / HF text)      OpenAI / open_clip                    Hugging Face ``CLIPModel``
+============================  ====================================  =======================================
+visual.patch_embed.proj       visual.conv1                          vision_model.embeddings.patch_embedding
+visual.cls_token (1, 1, D)    visual.class_embedding (D,)           vision_model.embeddings.class_embedding
+visual.pos_embed (1, N, D)    visual.positional_embedding (N, D)    ...embeddings.position_embedding (N, D)
+visual.norm_pre               visual.ln_pre                         vision_model.pre_layrnorm
+visual.blocks.i.attn.qkv      ...resblocks.i.attn.in_proj_*         ...layers.i.self_attn.{q,k,v}_proj (fused)
+visual.blocks.i.attn.proj     ...resblocks.i.attn.out_proj          ...layers.i.self_attn.out_proj
+visual.blocks.i.norm1/norm2   ...resblocks.i.ln_1/ln_2              ...layers.i.layer_norm1/layer_norm2
+visual.blocks.i.mlp.fc1/fc2   ...resblocks.i.mlp.c_fc/c_proj        ...layers.i.mlp.fc1/fc2
+visual.norm                   visual.ln_post                        vision_model.post_layernorm
+image_projection (in, out)    visual.proj (in, out)                 visual_projection.weight.T
+text.model.*                  token_embedding, positional_embed…,   text_model.* (same module)
+                              transformer.resblocks.*, ln_final
+text_projection (in, out)     text_projection (in, out)             text_projection.weight.T
+logit_scale                   logit_scale                           logit_scale
+============================  ====================================  =======================================
+
+Pickle is never unpickled unless the caller passes ``trust_pickle=True``: safetensors and
+tensor-only torch files load with ``weights_only=True``; OpenAI's TorchScript ``.pt``
+archives and pickles holding arbitrary objects are refused with :class:`UntrustedCheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.backbones.dual_encoder import LOG_100, DualEncoder, DualEncoderSpec, build_dual_encoder
+from zoo.backbones.text import CLIPTextTower, TextSpec
+from zoo.backbones.vision import VisionSpec
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPModel
+
+__all__ = [
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "UntrustedCheckpointError",
+    "dual_encoder_from_hf_clip",
+    "dual_encoder_from_openai_state_dict",
+    "export_openai_state_dict",
+    "hf_clip_spec",
+    "load_state_file",
+    "openai_clip_spec",
+]
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: timm architecture used for every converted CLIP vision tower: a ViT with ``pre_norm=True``
+#: (OpenAI's ln_pre; timm then drops the patch-embedding bias, as CLIP's conv1 has none),
+#: LayerNorm eps 1e-5, class-token pooling after the final norm. Sizes come from overrides.
+CLIP_VIT_MODEL_NAME = "vit_base_patch16_clip_224"
+_TIMM_CLIP_LN_EPS = 1e-5
+
+# PIL resampling codes as stored in Hugging Face ``preprocessor_config.json`` (``resample``).
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+# Keys of OpenAI's TorchScript state dict that are metadata, not weights (dropped by OpenAI's
+# own ``build_model`` as well).
+_OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+# Per-block renames: OpenAI residual block → timm ViT block / Hugging Face CLIP encoder layer.
+_OPENAI_TO_TIMM_BLOCK = {
+    "ln_1.weight": "norm1.weight",
+    "ln_1.bias": "norm1.bias",
+    "attn.in_proj_weight": "attn.qkv.weight",
+    "attn.in_proj_bias": "attn.qkv.bias",
+    "attn.out_proj.weight": "attn.proj.weight",
+    "attn.out_proj.bias": "attn.proj.bias",
+    "ln_2.weight": "norm2.weight",
+    "ln_2.bias": "norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_OPENAI_TO_HF_BLOCK = {
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_HF_TO_TIMM_BLOCK = {
+    "layer_norm1.weight": "norm1.weight",
+    "layer_norm1.bias": "norm1.bias",
+    "self_attn.out_proj.weight": "attn.proj.weight",
+    "self_attn.out_proj.bias": "attn.proj.bias",
+    "layer_norm2.weight": "norm2.weight",
+    "layer_norm2.bias": "norm2.bias",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
+}
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+# Non-block (vision) renames: OpenAI → zoo. cls/pos embeddings also change shape.
+_OPENAI_TO_ZOO_VISION = {
+    "visual.conv1.weight": "visual.patch_embed.proj.weight",
+    "visual.class_embedding": "visual.cls_token",
+    "visual.positional_embedding": "visual.pos_embed",
+    "visual.ln_pre.weight": "visual.norm_pre.weight",
+    "visual.ln_pre.bias": "visual.norm_pre.bias",
+    "visual.ln_post.weight": "visual.norm.weight",
+    "visual.ln_post.bias": "visual.norm.bias",
+    "visual.proj": "image_projection",
+}
+_OPENAI_TO_ZOO_TEXT = {
+    "token_embedding.weight": "text.model.embeddings.token_embedding.weight",
+    "positional_embedding": "text.model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text.model.final_layer_norm.weight",
+    "ln_final.bias": "text.model.final_layer_norm.bias",
+    "text_projection": "text_projection",
+    "logit_scale": "logit_scale",
+}
+_HF_TO_ZOO_VISION = {
+    "vision_model.embeddings.patch_embedding.weight": "visual.patch_embed.proj.weight",
+    "vision_model.embeddings.class_embedding": "visual.cls_token",
+    "vision_model.embeddings.position_embedding.weight": "visual.pos_embed",
+    "vision_model.pre_layrnorm.weight": "visual.norm_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.norm_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.norm.weight",
+    "vision_model.post_layernorm.bias": "visual.norm.bias",
+}
+# Zoo keys whose tensor gains leading singleton dims in timm: (D,) → (1, 1, D), (N, D) → (1, N, D).
+_TIMM_TOKEN_PARAMS = ("visual.cls_token", "visual.pos_embed")
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint needs unpickling (arbitrary code execution) and ``trust_pickle`` is False."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _mlp_ratio(width: int, hidden: int) -> float:
+    """The ratio r with ``int(width * r) == hidden`` (what timm and the text tower compute)."""
+    ratio = hidden / width
+    while int(width * ratio) < hidden:  # float round-off, e.g. 1408 * (6144 / 1408)
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+def _vision_spec(
+    *,
+    image_size: int,
+    patch_size: int,
+    width: int,
+    layers: int,
+    heads: int,
+    mlp_hidden: int,
+    act: str,
+    eps: float,
+) -> VisionSpec:
+    """A CLIP ViT as a timm ``VisionSpec`` (pre-norm, token pooling, final norm)."""
+    kwargs: dict[str, Any] = {
+        "pre_norm": True,
+        "global_pool": "token",
+        "final_norm": True,
+        "act_layer": act,
+    }
+    return VisionSpec(
+        model_name=CLIP_VIT_MODEL_NAME,
+        img_size=image_size,
+        patch_size=patch_size,
+        embed_dim=width,
+        depth=layers,
+        num_heads=heads,
+        mlp_ratio=_mlp_ratio(width, mlp_hidden),
+        norm_eps=None if eps == _TIMM_CLIP_LN_EPS else eps,
+        kwargs=kwargs,
+    )
+
+
+def _check_act(act: str, where: str) -> str:
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"{where}: unsupported activation {act!r} (expected quick_gelu or gelu)")
+    return act
+
+
+def _build(spec: DualEncoderSpec, state: dict[str, Tensor], logit_scale: float) -> DualEncoder:
+    """Build the zoo model for ``spec`` and load ``state`` (zoo keys) strictly."""
+    spec.logit_scale_init = logit_scale
+    spec.logit_scale_max = max(LOG_100, logit_scale)
+    model = build_dual_encoder(spec)
+    target = model.state_dict()
+    for key in _TIMM_TOKEN_PARAMS:
+        if key in state and key in target:
+            state[key] = state[key].reshape(target[key].shape)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _preprocess(
+    image_size: int,
+    context_length: int,
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
+    std: tuple[float, ...] = OPENAI_CLIP_STD,
+    resize: int | None = None,
+    crop: int | None = None,
+    interpolation: str = "bicubic",
+) -> dict[str, Any]:
+    return {
+        "image_size": image_size,
+        "resize": resize or image_size,
+        "crop": crop or image_size,
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(s) for s in std),
+        "interpolation": interpolation,
+        "context_length": context_length,
+    }
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def hf_clip_spec(config: CLIPConfig) -> DualEncoderSpec:
+    """The zoo architecture of a Hugging Face ``CLIPConfig`` (ViT vision tower only).
+
+    Text pooling is ``"argmax"`` when ``eos_token_id`` is 2 (legacy configs, where Hugging Face
+    itself pools at the argmax) or the largest id (argmax and first-EOS agree), else ``"eos"``.
+    """
+    vc, tc = config.vision_config, config.text_config
+    vision = _vision_spec(
+        image_size=int(vc.image_size),
+        patch_size=int(vc.patch_size),
+        width=vc.hidden_size,
+        layers=vc.num_hidden_layers,
+        heads=vc.num_attention_heads,
+        mlp_hidden=vc.intermediate_size,
+        act=_check_act(vc.hidden_act, "vision_config.hidden_act"),
+        eps=float(vc.layer_norm_eps),
+    )
+    eos = int(tc.eos_token_id)
+    text = TextSpec(
+        vocab_size=tc.vocab_size,
+        width=tc.hidden_size,
+        layers=tc.num_hidden_layers,
+        heads=tc.num_attention_heads,
+        context_length=tc.max_position_embeddings,
+        mlp_ratio=_mlp_ratio(tc.hidden_size, tc.intermediate_size),
+        act=_check_act(tc.hidden_act, "text_config.hidden_act"),
+        layer_norm_eps=float(tc.layer_norm_eps),
+        eos_token_id=eos,
+        pooling="argmax" if eos in (2, tc.vocab_size - 1) else "eos",
+    )
+    return DualEncoderSpec(vision=vision, text=text, embed_dim=config.projection_dim)
+
+
+def _hf_state_to_zoo(state: Mapping[str, Tensor], vision_layers: int) -> dict[str, Tensor]:
+    """Map a Hugging Face ``CLIPModel`` state dict to zoo keys; unmapped keys are an error."""
+    src = dict(state)
+    out: dict[str, Tensor] = {}
+    for hf_key, zoo_key in _HF_TO_ZOO_VISION.items():
+        out[zoo_key] = src.pop(hf_key)
+    for i in range(vision_layers):
+        hf, zoo = f"vision_model.encoder.layers.{i}.", f"visual.blocks.{i}."
+        for hf_name, zoo_name in _HF_TO_TIMM_BLOCK.items():
+            out[zoo + zoo_name] = src.pop(hf + hf_name)
+        for kind in ("weight", "bias"):
+            qkv = [src.pop(f"{hf}self_attn.{p}.{kind}") for p in _QKV]
+            out[f"{zoo}attn.qkv.{kind}"] = torch.cat(qkv, dim=0)
+    out["image_projection"] = src.pop("visual_projection.weight").T
+    out["text_projection"] = src.pop("text_projection.weight").T
+    out["logit_scale"] = src.pop("logit_scale").reshape(())
+    for key in [k for k in src if k.startswith("text_model.")]:
+        out["text.model." + key.removeprefix("text_model.")] = src.pop(key)
+    if src:
+        raise ValueError(f"Hugging Face CLIP weights with no zoo counterpart: {sorted(src)}")
+    return out
+
+
+def _hf_preprocess(folder: Path | None, image_size: int, context_length: int) -> dict[str, Any]:
+    """Preprocessing from ``preprocessor_config.json`` if the folder has one, else OpenAI's."""
+    file = folder / "preprocessor_config.json" if folder is not None else None
+    if file is None or not file.is_file():
+        return _preprocess(image_size, context_length)
+    cfg = json.loads(file.read_text())
+    size, crop = cfg.get("size"), cfg.get("crop_size")
+    if isinstance(size, dict):
+        size = size.get("shortest_edge", size.get("height"))
+    if isinstance(crop, dict):
+        crop = crop.get("height", crop.get("width"))
+    resample = cfg.get("resample", 3)
+    return _preprocess(
+        image_size,
+        context_length,
+        mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
+        std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
+        resize=int(size) if size else None,
+        crop=int(crop) if crop and cfg.get("do_center_crop", True) else None,
+        interpolation=_PIL_RESAMPLE.get(resample, str(resample)),
+    )
+
+
+def dual_encoder_from_hf_clip(source: str | Path | CLIPModel) -> tuple[DualEncoder, dict[str, Any]]:
+    """Convert a Hugging Face ``CLIPModel`` (ViT) into a :class:`DualEncoder`.
+
+    Args:
+        source: a local folder written by ``save_pretrained`` (``config.json`` and
+            ``model.safetensors`` or ``pytorch_model.bin``; never downloaded) or an in-memory
+            ``transformers.CLIPModel``.
+
+    Returns:
+        The model (eval mode, float32) whose ``encode_image`` / ``encode_text`` equal
+        ``get_image_features`` / ``get_text_features``, and the preprocessing dict (from the
+        folder's ``preprocessor_config.json`` when present, else OpenAI CLIP's).
+    """
+    from transformers import CLIPModel
+
+    folder: Path | None = None
+    if isinstance(source, CLIPModel):
+        hf_model = source
+    elif isinstance(source, str | Path):
+        folder = Path(source).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face CLIP model folder (config.json) at {folder}")
+        hf_model = CLIPModel.from_pretrained(folder, local_files_only=True)
+    else:
+        raise TypeError(f"expected a folder or a transformers.CLIPModel, got {type(source)}")
+    config = hf_model.config
+    spec = hf_clip_spec(config)
+    state = _hf_state_to_zoo(hf_model.state_dict(), config.vision_config.num_hidden_layers)
+    model = _build(spec, state, float(hf_model.logit_scale.detach()))
+    return model, _hf_preprocess(folder, spec.vision.img_size, spec.text.context_length)
+
+
+# --------------------------------------------------------------------------- OpenAI / open_clip
+
+
+def load_state_file(path: str | Path, trust_pickle: bool = False) -> dict[str, Tensor]:
+    """Read a state dict from a local ``.safetensors`` or torch file without unpickling code.
+
+    A TorchScript archive (OpenAI's released ``.pt``) is read with ``torch.jit.load`` and a
+    pickle holding non-tensor objects with ``weights_only=False``, both only when
+    ``trust_pickle=True`` (unpickling can execute arbitrary code). Training checkpoints with a
+    ``"state_dict"`` entry and a DDP ``module.`` prefix are unwrapped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if _is_torchscript(path):
+        if not trust_pickle:
+            raise UntrustedCheckpointError(
+                f"{path} is a TorchScript archive (e.g. OpenAI's CLIP .pt): reading it runs "
+                "pickled code, so it is refused. Pass trust_pickle=True if you trust its source, "
+                "or convert it once to .safetensors."
+            )
+        state: Any = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if not trust_pickle:
+                raise UntrustedCheckpointError(
+                    f"{path} holds pickled objects besides tensors, and unpickling them can run "
+                    "arbitrary code, so it is refused. Pass trust_pickle=True if you trust its "
+                    "source, or save the state dict as .safetensors."
+                ) from err
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a ``constants.pkl`` record (as torch checks)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in archive.namelist())
+
+
+def _count_blocks(state: Mapping[str, Tensor], prefix: str) -> int:
+    """Number of residual blocks ``{prefix}{i}.`` in ``state``."""
+    return len({k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)})
+
+
+def openai_clip_spec(
+    state: Mapping[str, Tensor],
+    quick_gelu: bool = True,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> DualEncoderSpec:
+    """Infer the architecture of an OpenAI-layout CLIP ViT from tensor shapes.
+
+    As OpenAI's ``build_model``: widths, depths, patch size, grid → image size, embed dim,
+    context length and vocabulary come from shapes; head counts cannot, and default to
+    ``width // 64`` (right for OpenAI's models and open_clip's text towers, but open_clip's
+    ViT-H/g/bigG vision towers have 16 heads: pass ``vision_heads``).
+    """
+    if "visual.proj" not in state:
+        if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
+            raise NotImplementedError(
+                "ResNet (ModifiedResNet) CLIP models are not supported: the zoo's vision "
+                "towers are timm ViTs, and timm has no ModifiedResNet with attention pooling."
+            )
+        raise ValueError("not an OpenAI-layout CLIP ViT state dict: 'visual.proj' is missing")
+    conv = state["visual.conv1.weight"]
+    vision_width, patch_size = conv.shape[0], conv.shape[-1]
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = state["ln_final.weight"].shape[0]
+    act = "quick_gelu" if quick_gelu else "gelu"
+    vision = _vision_spec(
+        image_size=patch_size * grid,
+        patch_size=patch_size,
+        width=vision_width,
+        layers=_count_blocks(state, "visual.transformer.resblocks."),
+        heads=vision_heads or vision_width // 64,
+        mlp_hidden=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        act=act,
+        eps=1e-5,
+    )
+    vocab_size = state["token_embedding.weight"].shape[0]
+    text = TextSpec(
+        vocab_size=vocab_size,
+        width=text_width,
+        layers=_count_blocks(state, "transformer.resblocks."),
+        heads=text_heads or text_width // 64,
+        context_length=state["positional_embedding"].shape[0],
+        mlp_ratio=_mlp_ratio(text_width, state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+        act=act,
+        layer_norm_eps=1e-5,
+        eos_token_id=vocab_size - 1,
+        pooling="argmax",
+    )
+    return DualEncoderSpec(vision=vision, text=text, embed_dim=state["text_projection"].shape[1])
+
+
+def _openai_key_pairs(vision_layers: int, text_layers: int) -> list[tuple[str, str]]:
+    """(OpenAI key, zoo key) for every one-to-one weight (text q/k/v handled separately)."""
+    pairs = list(_OPENAI_TO_ZOO_VISION.items()) + list(_OPENAI_TO_ZOO_TEXT.items())
+    for i in range(vision_layers):
+        src, dst = f"visual.transformer.resblocks.{i}.", f"visual.blocks.{i}."
+        pairs += [(src + a, dst + b) for a, b in _OPENAI_TO_TIMM_BLOCK.items()]
+    for i in range(text_layers):
+        src, dst = f"transformer.resblocks.{i}.", f"text.model.encoder.layers.{i}."
+        pairs += [(src + a, dst + b) for a, b in _OPENAI_TO_HF_BLOCK.items()]
+    return pairs
+
+
+def _openai_state_to_zoo(
+    state: Mapping[str, Tensor], vision_layers: int, text_layers: int
+) -> dict[str, Tensor]:
+    """Map an OpenAI-layout state dict to zoo keys; unmapped keys are an error."""
+    src = {k: v for k, v in state.items() if k not in _OPENAI_METADATA_KEYS}
+    out = {zoo: src.pop(openai) for openai, zoo in _openai_key_pairs(vision_layers, text_layers)}
+    out["logit_scale"] = out["logit_scale"].reshape(())
+    for i in range(text_layers):
+        src_block, dst = (
+            f"transformer.resblocks.{i}.attn.",
+            f"text.model.encoder.layers.{i}.self_attn.",
+        )
+        for kind in ("weight", "bias"):
+            for name, part in zip(_QKV, src.pop(f"{src_block}in_proj_{kind}").chunk(3, dim=0)):
+                out[f"{dst}{name}.{kind}"] = part
+    if src:
+        raise ValueError(
+            f"weights with no zoo counterpart (an open_clip variant the zoo's towers do not "
+            f"build, e.g. layer scale, attention pooling or a logit bias?): {sorted(src)}"
+        )
+    return out
+
+
+def dual_encoder_from_openai_state_dict(
+    state: Mapping[str, Tensor] | str | Path,
+    quick_gelu: bool = True,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    trust_pickle: bool = False,
+) -> tuple[DualEncoder, dict[str, Any]]:
+    """Convert an OpenAI / open_clip CLIP ViT state dict into a :class:`DualEncoder`.
+
+    Args:
+        state: the state dict, or a path to a ``.safetensors`` / torch file (see
+            :func:`load_state_file`; TorchScript and arbitrary pickles need ``trust_pickle``).
+        quick_gelu: OpenAI's models use QuickGELU; open_clip's own models mostly ``nn.GELU``
+            (open_clip model names ending in ``-quickgelu`` use QuickGELU).
+        vision_heads, text_heads: attention heads, ``width // 64`` by default (OpenAI).
+        trust_pickle: allow unpickling (TorchScript archives, pickled training checkpoints).
+
+    Returns:
+        The model (eval mode, float32) whose ``encode_image`` / ``encode_text`` equal the
+        source model's, and the preprocessing dict (OpenAI CLIP mean/std, bicubic).
+    """
+    if isinstance(state, str | Path):
+        state = load_state_file(state, trust_pickle=trust_pickle)
+    spec = openai_clip_spec(state, quick_gelu, vision_heads, text_heads)
+    zoo_state = _openai_state_to_zoo(state, spec.vision.depth or 0, spec.text.layers)
+    model = _build(spec, zoo_state, float(state["logit_scale"]))
+    return model, _preprocess(spec.vision.img_size, spec.text.context_length)
+
+
+def export_openai_state_dict(model: DualEncoder) -> dict[str, Tensor]:
+    """The inverse of :func:`dual_encoder_from_openai_state_dict`: OpenAI / open_clip keys.
+
+    Only models with CLIP's architecture (timm ViT with ``pre_norm``, class-token pooling and
+    a final norm; :class:`CLIPTextTower`) have an OpenAI layout; others raise ``ValueError``.
+    Tensors are detached copies on the model's device and dtype.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    visual = model.visual
+    if not (
+        isinstance(visual, VisionTransformer)
+        and isinstance(visual.norm_pre, nn.LayerNorm)
+        and isinstance(visual.norm, nn.LayerNorm)
+        and visual.global_pool == "token"
+        and visual.num_prefix_tokens == 1
+        and isinstance(model.text, CLIPTextTower)
+    ):
+        raise ValueError(
+            "only CLIP-architecture models (timm ViT with pre_norm, token pooling and final "
+            "norm; CLIPTextTower) can be exported to the OpenAI layout"
+        )
+    zoo = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    vision_layers, text_layers = len(visual.blocks), model.text.model.config.num_hidden_layers
+    out = {openai: zoo.pop(key) for openai, key in _openai_key_pairs(vision_layers, text_layers)}
+    out["visual.class_embedding"] = out["visual.class_embedding"].reshape(-1)
+    out["visual.positional_embedding"] = out["visual.positional_embedding"].reshape(
+        -1, model.vision_width
+    )
+    for i in range(text_layers):
+        src, dst = f"text.model.encoder.layers.{i}.self_attn.", f"transformer.resblocks.{i}.attn."
+        for kind in ("weight", "bias"):
+            out[f"{dst}in_proj_{kind}"] = torch.cat([zoo.pop(f"{src}{p}.{kind}") for p in _QKV])
+    if zoo:
+        raise ValueError(f"zoo weights with no OpenAI counterpart: {sorted(zoo)}")
+    return out

@@ -1,0 +1,103 @@
+"""One dual-encoder interface for CLIP-style models.
+
+Every image–text model in the zoo (trained here, or converted from Hugging Face / OpenAI /
+open_clip weights) is a :class:`DualEncoder`:
+
+- ``image_trunk(x)``: pooled vision features before projection (width ``vision_width``);
+- ``encode_image(x)`` = ``image_trunk(x) @ image_projection`` (width ``embed_dim``);
+- ``encode_text(tokens)`` = ``text(tokens) @ text_projection``;
+- ``encode_text_embeddings(embeds, eot_index)`` for prompt learners;
+- ``logit_scale``: the learnable log-temperature t, s = exp(t), clamped to t ≤ ``logit_scale_max``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.backbones.text import CLIPTextTower, TextSpec
+from zoo.backbones.vision import VisionSpec, build_vision_tower
+
+LOG_INV_007 = math.log(1 / 0.07)  # CLIP's initial logit scale, 2.6593
+LOG_100 = 4.6052  # SLIP clamps t to [0, 4.6052], i.e. s ≤ 100
+
+
+@dataclass
+class DualEncoderSpec:
+    vision: VisionSpec = field(default_factory=VisionSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    embed_dim: int = 512
+    logit_scale_init: float = LOG_INV_007
+    logit_scale_max: float = LOG_100
+
+
+class DualEncoder(nn.Module):
+    def __init__(
+        self,
+        visual: nn.Module,
+        text: CLIPTextTower,
+        embed_dim: int,
+        logit_scale_init: float = LOG_INV_007,
+        logit_scale_max: float = LOG_100,
+    ):
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.vision_width = int(visual.num_features)
+        self.text_width = int(text.width)
+        self.embed_dim = embed_dim
+        self.logit_scale_max = logit_scale_max
+        # Bias-free projections stored as (in, out) matrices, as in OpenAI CLIP and SLIP.
+        self.image_projection = nn.Parameter(torch.empty(self.vision_width, embed_dim))
+        self.text_projection = nn.Parameter(torch.empty(self.text_width, embed_dim))
+        nn.init.normal_(self.image_projection, std=self.vision_width**-0.5)
+        nn.init.normal_(self.text_projection, std=self.text_width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length
+
+    def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        z = self.image_trunk(images) @ self.image_projection
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        z = self.text(tokens) @ self.text_projection
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text_embeddings(
+        self, token_embeds: torch.Tensor, eot_index: torch.Tensor, normalize: bool = False
+    ) -> torch.Tensor:
+        z = self.text.forward_embeddings(token_embeds, eot_index) @ self.text_projection
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor):
+        """Normalised image and text embeddings and the scale s = exp(t)."""
+        return (
+            self.encode_image(images, normalize=True),
+            self.encode_text(tokens, normalize=True),
+            self.logit_scale.exp(),
+        )
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """SLIP (main.py): after each optimiser step, t ← clamp(t, 0, 4.6052)."""
+        self.logit_scale.clamp_(0, self.logit_scale_max)
+
+
+def build_dual_encoder(spec: DualEncoderSpec) -> DualEncoder:
+    return DualEncoder(
+        build_vision_tower(spec.vision),
+        CLIPTextTower(spec.text),
+        spec.embed_dim,
+        spec.logit_scale_init,
+        spec.logit_scale_max,
+    )

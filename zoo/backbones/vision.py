@@ -1,0 +1,80 @@
+"""Vision towers from timm, of any size (paper-scale ViTs down to 16-pixel test models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VisionSpec:
+    """A timm model plus overrides.
+
+    ``model_name`` is any timm architecture name; the optional fields override its defaults,
+    so ``vit_small_patch16_224`` with ``num_heads=12`` is the MoCo-v3 ViT-S/16 that SLIP uses,
+    and ``patch_size=4, embed_dim=32, depth=1, img_size=16`` is a test-sized ViT.
+    ``checkpoint`` is a local file (safetensors or a torch state dict) loaded into the tower;
+    nothing is ever downloaded.
+    """
+
+    model_name: str = "vit_small_patch16_224"
+    img_size: int = 224
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_path_rate: float = 0.0
+    norm_eps: float | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+def build_vision_tower(spec: VisionSpec) -> nn.Module:
+    """Build a timm model without classifier head; ``model(x)`` returns pooled features.
+
+    The returned module has ``num_features`` (the pooled width).
+    """
+    import timm
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "patch_size": spec.patch_size,
+            "embed_dim": spec.embed_dim,
+            "depth": spec.depth,
+            "num_heads": spec.num_heads,
+            "mlp_ratio": spec.mlp_ratio,
+        }.items()
+        if v is not None
+    }
+    if spec.norm_eps is not None:  # e.g. CLIP towers use LayerNorm eps 1e-5, timm ViTs 1e-6
+        overrides["norm_layer"] = partial(nn.LayerNorm, eps=spec.norm_eps)
+    overrides.update(spec.kwargs)
+    kwargs: dict[str, Any] = {"num_classes": 0, "drop_path_rate": spec.drop_path_rate, **overrides}
+    if "vit" in spec.model_name or "deit" in spec.model_name:
+        kwargs["img_size"] = spec.img_size
+    model = timm.create_model(spec.model_name, pretrained=False, **kwargs)
+    if spec.checkpoint:
+        load_local_state_dict(model, spec.checkpoint)
+    return model
+
+
+def load_local_state_dict(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load weights from a local safetensors file, or a torch file holding tensors only."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"vision checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    model.load_state_dict(state, strict=strict)

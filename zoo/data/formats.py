@@ -1,0 +1,225 @@
+"""Image–text datasets over real on-disk formats, all yielding the sample dict of
+:mod:`zoo.data.samples` and sharing its skip-and-count policy:
+
+- :class:`ImageTextTable`: a CSV / TSV / JSONL table of image paths and captions
+  (CC3M / YFCC15M style);
+- :class:`HFImageText`: Hugging Face ``datasets`` (``imagefolder`` with ``metadata.csv`` /
+  ``metadata.jsonl``, or parquet with an ``Image`` column);
+- :func:`image_text_webdataset`: WebDataset tar shards (in :mod:`zoo.data.shards`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from zoo.data.samples import (
+    BadSample,
+    SampleBuilder,
+    SkipReplaceDataset,
+    decode_image,
+    parse_label,
+    pick_caption,
+)
+from zoo.data.shards import image_text_webdataset
+from zoo.data.tokenizers import TextTokenizer
+
+__all__ = ["HFImageText", "ImageTextTable", "image_text_webdataset"]
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+def _as_keys(keys: str | Sequence[str]) -> list[str]:
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def _check_columns(
+    columns: Sequence[str], required: Sequence[str], where: str, hint: str = ""
+) -> None:
+    for col in required:
+        if col not in columns:
+            raise ValueError(f"column {col!r} not found in {where}; columns: {list(columns)}{hint}")
+
+
+_LABEL_HINT = " (pass label_key=None for data without labels)"
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of a ``.csv`` / ``.tsv`` / ``.jsonl`` file."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    if suffix in (".jsonl", ".ndjson"):
+        rows, columns = [], {}
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exn:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({exn})") from None
+                columns.update(dict.fromkeys(rows[-1]))
+        return list(columns), rows
+    raise ValueError(f"unsupported table format {path.suffix!r} for {path} (.csv, .tsv, .jsonl)")
+
+
+class ImageTextTable(SkipReplaceDataset):
+    """Rows of a CSV / TSV / JSONL table: an image path (relative to ``image_root``, default
+    the table's folder, or absolute), one or more caption columns and an optional label.
+
+    With several ``caption_keys`` each access picks one of the row's non-empty captions at
+    random (SLIP's YFCC15M: title or description).
+    """
+
+    def __init__(
+        self,
+        table: str | Path,
+        image_root: str | Path | None = None,
+        image_transform: ImageTransform | None = None,
+        tokenizer: TextTokenizer | None = None,
+        view_transforms: Sequence[ImageTransform] = (),
+        image_key: str = "image",
+        caption_keys: str | Sequence[str] = "caption",
+        label_key: str | None = "label",
+    ):
+        self.table = Path(table)
+        if not self.table.is_file():
+            raise FileNotFoundError(f"image-text table not found: {self.table}")
+        super().__init__(
+            str(self.table), SampleBuilder(image_transform, tokenizer, view_transforms)
+        )
+        self.image_root = Path(image_root) if image_root is not None else self.table.parent
+        self.caption_keys = _as_keys(caption_keys)
+        columns, rows = read_table(self.table)
+        _check_columns(columns, [image_key, *self.caption_keys], str(self.table))
+        if label_key is not None:
+            _check_columns(columns, [label_key], str(self.table), _LABEL_HINT)
+        # Plain lists of str/int: cheap to copy into workers (no per-row dicts).
+        self.images = [str(row.get(image_key) or "") for row in rows]
+        self.captions = [tuple(row.get(k) for k in self.caption_keys) for row in rows]
+        self.labels = [self._label(row, label_key, n) for n, row in enumerate(rows)]
+
+    def _label(self, row: dict, key: str | None, n: int) -> int:
+        try:
+            return parse_label(row.get(key)) if key else -1
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{self.table}: row {n}: label {row.get(key)!r} is not an integer"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, index: int) -> tuple[Image.Image, str, int]:
+        if not self.images[index]:
+            raise BadSample(f"{self.table} row {index}", "empty image path")
+        path = self.image_root / self.images[index]  # an absolute path stays absolute
+        return decode_image(path), pick_caption(self.captions[index]), self.labels[index]
+
+
+def _infer_builder(source: Path | list[Path]) -> str:
+    if isinstance(source, list) or source.suffix == ".parquet":
+        return "parquet"
+    if source.is_dir() and any(source.glob("*.parquet")) and not any(source.glob("metadata.*")):
+        return "parquet"
+    return "imagefolder"
+
+
+class HFImageText(SkipReplaceDataset):
+    """A Hugging Face ``datasets`` source read offline: an ``imagefolder`` folder (images +
+    ``metadata.csv`` / ``metadata.jsonl`` with ``file_name``, caption and label columns; split
+    sub-folders ``train/``, ``test/`` or a folder holding one split) or local parquet file(s)
+    with an ``Image`` column (``{"bytes", "path"}``).
+
+    The image column is cast to ``Image(decode=False)`` so images are decoded here and bad
+    ones skipped and counted like :class:`ImageTextTable`'s.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[str | Path],
+        split: str = "train",
+        image_transform: ImageTransform | None = None,
+        tokenizer: TextTokenizer | None = None,
+        view_transforms: Sequence[ImageTransform] = (),
+        image_key: str = "image",
+        caption_keys: str | Sequence[str] = "caption",
+        label_key: str | None = "label",
+        builder: str | None = None,
+        cache_dir: str | Path | None = None,
+    ):
+        import datasets
+
+        src: Path | list[Path] = (
+            Path(source) if isinstance(source, str | Path) else [Path(s) for s in source]
+        )
+        for path in src if isinstance(src, list) else [src]:
+            if not path.exists():
+                raise FileNotFoundError(f"Hugging Face dataset source not found: {path}")
+        name = f"{source}[{split}]"
+        super().__init__(name, SampleBuilder(image_transform, tokenizer, view_transforms))
+        self.builder_name = builder or _infer_builder(src)
+        self.split = split
+        ds = self._load(src, split, None if cache_dir is None else str(cache_dir))
+        self.caption_keys = _as_keys(caption_keys)
+        _check_columns(ds.column_names, [image_key, *self.caption_keys], name)
+        if label_key is not None:
+            _check_columns(ds.column_names, [label_key], name, _LABEL_HINT)
+        self.dataset = ds.cast_column(image_key, datasets.Image(decode=False))
+        self.image_key, self.label_key = image_key, label_key
+        self.base_dir = src if isinstance(src, Path) and src.is_dir() else None
+
+    def _load(self, src: Path | list[Path], split: str, cache_dir: str | None) -> Any:
+        import datasets
+
+        if self.builder_name == "parquet":
+            files = (
+                src
+                if isinstance(src, list)
+                else sorted(src.glob("*.parquet"))
+                if src.is_dir()
+                else [src]
+            )
+            data_files = {split: [str(f) for f in files]}
+            return datasets.load_dataset(
+                "parquet", data_files=data_files, split=split, cache_dir=cache_dir
+            )
+        assert isinstance(src, Path)
+        root = src / split if (src / split).is_dir() else src
+        splits = datasets.load_dataset(self.builder_name, data_dir=str(root), cache_dir=cache_dir)
+        if split in splits:
+            return splits[split]
+        if len(splits) == 1:  # a folder holding one split: HF names it "train"
+            return next(iter(splits.values()))
+        raise ValueError(f"split {split!r} not in {src}; splits: {list(splits)}")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def read(self, index: int) -> tuple[Image.Image, str, int]:
+        row = self.dataset[index]
+        cell = row[self.image_key] or {}
+        path = cell.get("path")
+        source = f"{self.name} row {index}" + (f" ({path})" if path else "")
+        if cell.get("bytes") is not None:
+            image = decode_image(cell["bytes"], source)
+        elif path:
+            p = Path(path)
+            if not p.is_absolute() and self.base_dir is not None and not p.exists():
+                p = self.base_dir / p
+            image = decode_image(p, source)
+        else:
+            raise BadSample(source, "no image bytes or path")
+        caption = pick_caption([row.get(k) for k in self.caption_keys])
+        label = parse_label(row.get(self.label_key)) if self.label_key else -1
+        return image, caption, label

@@ -1,0 +1,179 @@
+"""The sample dict every format yields, and the shared skip-and-count policy for bad files.
+
+A sample is ``{"image": (3, H, W) float, "text": (L,) long, "caption": str, "label": int,
+"skipped": int}`` plus ``"views": [(3, H, W), ...]`` when view transforms are given (SLIP:
+image, caption tokens, aug1, aug2). Undecodable or missing images never stop training and
+are never dropped silently: they are logged (logger ``zoo.data``, rate-limited), counted
+per dataset, and reported in the ``"skipped"`` field of the sample that replaced them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from zoo.data.tokenizers import TextTokenizer
+from zoo.data.transforms import to_rgb_tensor
+
+logger = logging.getLogger("zoo.data")
+
+
+class BadSample(Exception):
+    """An image that cannot be read; ``source`` names the file (or shard member)."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
+
+
+class SkipCounter:
+    """Counts bad samples and logs them: the first ``first`` one by one, then a summary
+    every ``every`` skips, so a broken dataset cannot flood the log.
+
+    ``pending`` holds skips not yet reported in a sample (streaming formats). Counts are
+    per process: each DataLoader worker has its own copy.
+    """
+
+    def __init__(self, name: str, first: int = 10, every: int = 1000):
+        self.name, self.first, self.every = name, first, every
+        self.total = 0
+        self.pending = 0
+
+    def record(self, source: str, reason: str) -> None:
+        self.total += 1
+        self.pending += 1
+        if self.total <= self.first:
+            more = (
+                f"; later skips are summarised every {self.every}"
+                if self.total == self.first
+                else ""
+            )
+            logger.warning("%s: skipped bad sample %s (%s)%s", self.name, source, reason, more)
+        elif self.total % self.every == 0:
+            logger.warning(
+                "%s: %d bad samples skipped so far (latest %s: %s)",
+                self.name,
+                self.total,
+                source,
+                reason,
+            )
+
+    def take_pending(self) -> int:
+        n, self.pending = self.pending, 0
+        return n
+
+    def handler(self, exn: BaseException) -> bool:
+        """A webdataset exception handler: log, count, continue."""
+        where = next((a for a in reversed(exn.args) if isinstance(a, str) and a), self.name)
+        self.record(where, f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}")
+        return True
+
+
+def decode_image(data: bytes | str | Path, source: str | None = None) -> Image.Image:
+    """Fully decode an image from bytes or a file; any failure becomes :class:`BadSample`."""
+    source = source or (str(data) if not isinstance(data, bytes) else "<bytes>")
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        img.load()  # PIL decodes lazily; force it so truncated files fail here, not later
+    except FileNotFoundError:
+        raise BadSample(source, "file not found") from None
+    except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb…
+        raise BadSample(source, f"{type(exn).__name__}: {exn}") from None
+    return img
+
+
+def pick_caption(values: Sequence[Any]) -> str:
+    """One caption among the non-empty ``values`` at random (SLIP YFCC15M: title or
+    description). Python's ``random`` is reseeded per DataLoader worker by torch/Lightning."""
+    texts = [str(v) for v in values if v is not None and str(v).strip()]
+    if not texts:
+        return ""
+    return texts[0] if len(texts) == 1 else random.choice(texts)
+
+
+def parse_label(value: Any) -> int:
+    """An integer label, or -1 when unknown (empty, None, NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return -1
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return -1
+    return int(value)
+
+
+class SampleBuilder:
+    """Decoded image + caption + label → the sample dict (transforms and tokenizer applied)."""
+
+    def __init__(
+        self,
+        image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        tokenizer: TextTokenizer | None = None,
+        view_transforms: Sequence[Callable[[Image.Image], torch.Tensor]] = (),
+    ):
+        self.image_transform = image_transform or to_rgb_tensor()
+        self.tokenizer = tokenizer or TextTokenizer()
+        self.view_transforms = list(view_transforms)
+
+    def __call__(self, image: Image.Image, caption: str, label: int, skipped: int = 0) -> dict:
+        sample: dict[str, Any] = {
+            "image": self.image_transform(image),
+            "text": self.tokenizer(caption),
+            "caption": caption,
+            "label": int(label),
+            "skipped": int(skipped),
+        }
+        if self.view_transforms:
+            sample["views"] = [view(image) for view in self.view_transforms]
+        return sample
+
+
+class SkipReplaceDataset(Dataset):
+    """Map-style base: a bad index is replaced by the next readable one (wrapping around),
+    so batches keep their size (``all_gather`` under DDP needs equal shapes).
+
+    Subclasses implement ``__len__`` and ``read(index) -> (PIL image, caption, label)``,
+    raising :class:`BadSample` for unreadable images. A sample's ``"skipped"`` is 1 when its
+    own index was bad, so over one pass the ``"skipped"`` sum equals the number of bad files
+    (bad neighbours tried on the way are logged, and counted when their own index comes).
+    """
+
+    def __init__(self, name: str, builder: SampleBuilder):
+        self.name = name
+        self.builder = builder
+        self.skips = SkipCounter(name)
+
+    @property
+    def skipped(self) -> int:
+        """Bad reads seen by this process (each worker counts its own)."""
+        return self.skips.total
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, index: int) -> tuple[Image.Image, str, int]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {self.name} of length {n}")
+        for step in range(n):
+            j = (index + step) % n
+            try:
+                image, caption, label = self.read(j)
+            except BadSample as bad:
+                self.skips.record(bad.source, bad.reason)
+                continue
+            return self.builder(image, caption, label, skipped=int(step > 0))
+        raise RuntimeError(f"{self.name}: none of its {n} images can be read; see the warnings")

@@ -1,0 +1,353 @@
+"""``ZooDataModule`` base and the image–text datamodule CLIP-family papers build on.
+
+Sources (``source``): ``csv`` / ``jsonl`` tables with an image folder, WebDataset shards
+(``wds``), Hugging Face ``datasets`` (``hf``: an imagefolder directory or parquet files), or
+``digits``: scikit-learn's embedded handwritten digits, written once to disk in one of the
+real formats (``digits_format``) and read back through the same loader.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+log = logging.getLogger("zoo.data")
+
+Source = Literal["csv", "jsonl", "wds", "hf", "digits"]
+
+
+@dataclass
+class DigitsSpec:
+    """The embedded digits image–text set (SLIP card, small-scale reproduction)."""
+
+    size: int = 16
+    format: Literal["csv", "jsonl", "wds", "hf"] = "csv"
+    test_fraction: float = 0.3
+    caption_noise: float = 0.3
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+class ZooDataModule(L.LightningDataModule):
+    """Loader settings shared by every datamodule; subclasses build ``self.train_set``."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
+        from zoo.data import collate_samples
+
+        iterable = isinstance(dataset, IterableDataset)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=train and not iterable,
+            drop_last=train and self.drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0 and train,
+            collate_fn=collate_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, train=False)
+
+
+def _resolve(root: Path | None, path: str | None) -> str | None:
+    if path is None:
+        return None
+    if "://" in path:  # remote URL (pipe:, s3:, https:) handled by the reader
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or root is None else root / p)
+
+
+def _check_exists(path: str, what: str) -> None:
+    if "://" in path or path.startswith("pipe:"):
+        return
+    from braceexpand import braceexpand
+
+    for p in braceexpand(path):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{what} not found: {p}")
+
+
+def _load_list(value: list[str] | str | None, root: Path | None) -> list[str] | None:
+    """A list given inline, or a path to a JSON list / text file (one item per line)."""
+    if value is None or isinstance(value, list):
+        return value
+    if value.startswith("builtin:"):
+        return _builtin_list(value.removeprefix("builtin:"))
+    path = Path(_resolve(root, value))
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    text = path.read_text()
+    return (
+        json.loads(text) if path.suffix == ".json" else [s for s in text.splitlines() if s.strip()]
+    )
+
+
+def _builtin_list(name: str) -> list[str]:
+    from open_clip import zero_shot_metadata as meta
+
+    lists = {
+        "imagenet": meta.IMAGENET_CLASSNAMES,
+        "openai_imagenet": [t("{}") for t in meta.OPENAI_IMAGENET_TEMPLATES],
+        "simple_imagenet": [t("{}") for t in meta.SIMPLE_IMAGENET_TEMPLATES],
+    }
+    if name not in lists:
+        raise ValueError(f"unknown builtin list {name!r}; known: {', '.join(lists)}")
+    return list(lists[name])
+
+
+class ImageTextDataModule(ZooDataModule):
+    """Image–caption pairs for contrastive pre-training, plus labelled splits for evaluation.
+
+    ``train`` / ``val`` / ``test`` / ``probe_train`` are paths relative to ``root`` (a table,
+    shard pattern such as ``cc3m-{000000..000575}.tar``, an imagefolder dir or parquet file).
+    ``test`` and ``probe_train`` (default: ``train``) need a label column for zero-shot and
+    probe evaluation, with ``classnames`` and zero-shot ``templates``: inline lists, JSON /
+    text files, or ``builtin:imagenet`` / ``builtin:openai_imagenet`` (the ImageNet class
+    names and OpenAI's 80 prompt templates, as shipped with open_clip).
+    ``num_views`` extra views with the ``view_transform`` stack are added to each sample
+    (SLIP: 2 SimCLR views). WebDataset sources need ``epoch_samples`` (samples per epoch).
+    Paper datamodules subclass this and set the ``default_*`` class attributes.
+    """
+
+    default_train_transform = "clip"
+    default_view_transform = "ssl"
+    default_num_views = 0
+
+    def __init__(
+        self,
+        source: Source = "csv",
+        root: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        probe_train: str | None = None,
+        image_root: str | None = None,
+        caption_keys: list[str] | str | None = None,
+        label_key: str | None = None,
+        classnames: list[str] | str | None = None,
+        templates: list[str] | str | None = None,
+        tokenizer: str = "clip-bpe",
+        context_length: int = 77,
+        image_size: int = 224,
+        train_transform: str | None = None,
+        eval_transform: str = "eval",
+        view_transform: str | None = None,
+        num_views: int | None = None,
+        solarize_p: float = 0.0,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        epoch_samples: int | None = None,
+        shuffle_buffer: int = 5000,
+        digits: DigitsSpec | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+    ):
+        super().__init__(batch_size, num_workers, pin_memory, drop_last)
+        self.source = source
+        self._caption_keys = [caption_keys] if isinstance(caption_keys, str) else caption_keys
+        self.label_key = label_key
+        self.tokenizer_name = tokenizer
+        self.context_length = context_length
+        self.image_size = image_size
+        self.train_transform_name = train_transform or self.default_train_transform
+        self.eval_transform_name = eval_transform
+        self.view_transform_name = view_transform or self.default_view_transform
+        self.num_views = self.default_num_views if num_views is None else num_views
+        self.solarize_p = solarize_p
+        self.mean, self.std = mean, std
+        self.epoch_samples = epoch_samples
+        self.shuffle_buffer = shuffle_buffer
+        self._tokenizer = None
+
+        if source == "digits":
+            self._init_digits(digits or DigitsSpec())
+        else:
+            root_path = Path(root).expanduser() if root else None
+            if root_path is not None and not root_path.exists():
+                raise FileNotFoundError(f"data root not found: {root_path}")
+            self.paths = {
+                "train": _resolve(root_path, train),
+                "val": _resolve(root_path, val),
+                "test": _resolve(root_path, test),
+                "probe_train": _resolve(root_path, probe_train),
+            }
+            self.image_root = _resolve(root_path, image_root)
+            for split, path in self.paths.items():
+                if path is not None:
+                    _check_exists(path, f"{split} data")
+            if self.image_root is not None:
+                _check_exists(self.image_root, "image root")
+            self.classnames = _load_list(classnames, root_path)
+            self.templates = _load_list(templates, root_path)
+        if source == "wds" and self.paths["train"] and not epoch_samples:
+            raise ValueError("WebDataset sources need data.epoch_samples (samples per epoch)")
+
+    def _init_digits(self, spec: DigitsSpec) -> None:
+        from zoo.data import build_digits
+
+        built = build_digits(
+            root=spec.cache_dir,
+            size=spec.size,
+            fmt=spec.format,
+            test_fraction=spec.test_fraction,
+            caption_noise=spec.caption_noise,
+            seed=spec.seed,
+        )
+        self.source = {"csv": "csv", "jsonl": "jsonl", "wds": "wds", "hf": "hf"}[spec.format]
+        self.paths = {
+            "train": _as_str(built.train),
+            "val": None,
+            "test": _as_str(built.test),
+            "probe_train": None,
+        }
+        self.image_root = None
+        self.classnames = list(built.classnames)
+        self.templates = list(built.templates)
+        if self.source == "wds" and not self.epoch_samples:
+            self.epoch_samples = built.num_train
+
+    # --- pieces -----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from zoo.data import TextTokenizer
+
+            self._tokenizer = TextTokenizer(self.tokenizer_name, self.context_length)
+        return self._tokenizer
+
+    def transform(self, name: str):
+        from zoo.data import build_transform
+
+        kwargs: dict[str, Any] = {"solarize_p": self.solarize_p}
+        if self.mean is not None:
+            kwargs["mean"] = self.mean
+        if self.std is not None:
+            kwargs["std"] = self.std
+        return build_transform(name, self.image_size, **kwargs)
+
+    def build_dataset(self, split: str, train: bool) -> Dataset:
+        """The dataset for ``split`` with training augmentation (``train``) or eval transforms."""
+        from zoo.data import HFImageText, ImageTextTable, image_text_webdataset
+
+        path = self.paths[split]
+        if path is None:
+            raise ValueError(f"no {split!r} data configured (set data.{split})")
+        image_tf = self.transform(self.train_transform_name if train else self.eval_transform_name)
+        views = (
+            [self.transform(self.view_transform_name) for _ in range(self.num_views)]
+            if train
+            else []
+        )
+        common = {
+            "image_transform": image_tf,
+            "tokenizer": self.tokenizer,
+            "view_transforms": views,
+        }
+        label_key = self._label_key()
+        if self.source in ("csv", "jsonl"):
+            return ImageTextTable(
+                path,
+                image_root=self.image_root,
+                caption_keys=self.caption_keys,
+                label_key=label_key,
+                **common,
+            )
+        if self.source == "hf":
+            from zoo.data.cache import cache_root
+
+            return HFImageText(
+                path,
+                split=split if split != "probe_train" else "train",
+                caption_keys=self.caption_keys,
+                label_key=label_key,
+                cache_dir=str(cache_root() / "hf-datasets"),
+                **common,
+            )
+        dataset = image_text_webdataset(
+            path,
+            shuffle=self.shuffle_buffer if train else 0,
+            caption_key=self.caption_keys[0],
+            label_key=label_key,
+            **common,
+        )
+        return self._sized(dataset) if train else dataset
+
+    @property
+    def caption_keys(self) -> list[str]:
+        """Caption columns: as configured, else ``txt`` in WebDataset shards, ``caption`` in
+        tables and HF datasets. Several keys: one is drawn per access (SLIP's YFCC15M)."""
+        if self._caption_keys:
+            return list(self._caption_keys)
+        return ["txt"] if self.source == "wds" else ["caption"]
+
+    def _label_key(self) -> str | None:
+        """The label column: as configured ("" = none), else the format's convention
+        (``cls`` in WebDataset shards, ``label`` in tables and HF datasets)."""
+        if self.label_key is not None:
+            return self.label_key or None
+        return "cls" if self.source == "wds" else "label"
+
+    def _sized(self, dataset: IterableDataset) -> IterableDataset:
+        """Give a WebDataset pipeline a per-rank epoch length so schedules know the step count."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_rank_batches = max(self.epoch_samples // (world * self.batch_size), 1)
+        workers = max(self.num_workers, 1)
+        per_worker = -(-per_rank_batches * self.batch_size // workers)
+        return dataset.with_epoch(per_worker).with_length(per_rank_batches * self.batch_size)
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None and self.paths["train"]:
+            self.train_set = self.build_dataset("train", train=True)
+        if stage in (None, "fit", "validate") and self.val_set is None and self.paths["val"]:
+            self.val_set = self.build_dataset("val", train=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Eval-transformed, labelled loader used by the evaluation callbacks.
+
+        ``"train"`` is the labelled set probes and kNN are fitted on: ``probe_train`` when
+        given (e.g. ImageNet train for a YFCC15M model), else the training data itself.
+        """
+        if split == "train" and self.paths.get("probe_train"):
+            split = "probe_train"
+        return self._loader(self.build_dataset(split, train=False), train=False)
+
+
+def _as_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) if len(value) > 1 else str(value[0])
+    return str(value)

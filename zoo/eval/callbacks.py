@@ -1,0 +1,342 @@
+"""Evaluation protocols as Lightning callbacks.
+
+Each callback runs one protocol on the datamodule's labelled evaluation splits
+(``datamodule.eval_dataloader("train" | "test")``): the train split fits the linear probe /
+kNN memory bank, the test split is scored. When it runs:
+
+- at the end of ``fit`` (in ``on_train_end``: Lightning's ``on_fit_end`` runs after the
+  strategy teardown has moved the model to CPU and unwrapped DDP, so evaluating there
+  would run on CPU);
+- in ``trainer.validate`` (``on_validation_epoch_end`` with ``trainer.state.fn ==
+  "validate"``, never during the sanity check or fit's own validation) and in
+  ``trainer.test`` (``on_test_epoch_end``);
+- every ``every_n_epochs`` training epochs when > 0 (the end-of-fit run is skipped when the
+  last epoch was just evaluated).
+
+Only global rank 0 computes; the other ranks wait at ``trainer.strategy.barrier()`` and
+receive the results by broadcast. Metrics ``eval/<protocol>_<metric>`` (percent) go to
+``trainer.loggers`` (``log_metrics(..., step=trainer.global_step)``), ``self.results`` and
+``trainer.callback_metrics``, and one summary line is printed. Train/eval flags of every
+submodule are restored afterwards. With ``fast_dev_run=n`` only n batches per split are
+used (a smoke test of the code path, not a measurement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from zoo.eval.features import encode_text_batched, eval_mode, extract_features
+from zoo.eval.knn import knn_accuracy
+from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
+from zoo.eval.retrieval import retrieval_recall
+from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
+
+Feature = Literal["trunk", "embed"]
+
+
+class EvalCallback(Callback):
+    """Shared scheduling, rank-0 execution, feature extraction and reporting.
+
+    Subclasses implement :meth:`evaluate`, returning ``(metrics, summary_line)`` with
+    metric names without the ``eval/`` prefix, or ``None`` to skip (a warning says why).
+    """
+
+    def __init__(self, every_n_epochs: int = 0) -> None:
+        super().__init__()
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.results: dict[str, float] = {}
+        self._last_fit_step: int | None = None
+
+    # ---------------------------------------------------------------- protocol
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
+    ) -> tuple[dict[str, float], str] | None:
+        """Run the protocol on rank 0; ``(metrics, summary line)`` or ``None`` to skip."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_fit_step = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.run(trainer, pl_module)
+            self._last_fit_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._last_fit_step != trainer.global_step:
+            self.run(trainer, pl_module)
+            self._last_fit_step = trainer.global_step
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+            self.run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.run(trainer, pl_module)
+
+    # ---------------------------------------------------------------- machinery
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Evaluate on rank 0, synchronise, publish; returns the ``eval/…`` metrics."""
+        results: dict[str, float] = {}
+        if trainer.is_global_zero:
+            datamodule = trainer.datamodule
+            if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
+                rank_zero_warn(f"{type(self).__name__}: needs a datamodule with eval_dataloader")
+            else:
+                with eval_mode(pl_module):
+                    out = self.evaluate(trainer, pl_module, datamodule)
+                if out is not None:
+                    metrics, summary = out
+                    results = {f"eval/{k}": float(v) for k, v in metrics.items()}
+                    print(summary, flush=True)
+        trainer.strategy.barrier(f"zoo.eval.{type(self).__name__}")
+        results = trainer.strategy.broadcast(results, src=0)
+        if results:
+            self._publish(trainer, results)
+        return results
+
+    def _publish(self, trainer: pl.Trainer, results: dict[str, float]) -> None:
+        self.results = dict(results)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(results, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in results.items()})
+
+    @staticmethod
+    def _max_batches(trainer: pl.Trainer) -> int | None:
+        return int(trainer.fast_dev_run) or None
+
+    @staticmethod
+    def _encoding(trainer: pl.Trainer) -> AbstractContextManager[Any]:
+        """The trainer's precision context (autocast / true-half dtype) for encoder calls."""
+        return trainer.precision_plugin.forward_context()
+
+    def _image_features(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, feature: Feature
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(features, labels, caption tokens)`` of a split: trunk (pre-projection) or embed."""
+        encoder = pl_module.encoder
+        encode = encoder.image_trunk if feature == "trunk" else encoder.encode_image
+        convert = trainer.precision_plugin.convert_input
+        with self._encoding(trainer):
+            return extract_features(
+                lambda images: encode(convert(images)),
+                trainer.datamodule.eval_dataloader(split),
+                pl_module.device,
+                model=pl_module,
+                max_batches=self._max_batches(trainer),
+                desc=f"{type(self).__name__} {split}",
+            )
+
+    def _skip(self, why: str) -> None:
+        rank_zero_warn(f"{type(self).__name__} skipped: {why}")
+
+
+def _topk_summary(label: str, acc: dict[str, float]) -> str:
+    """``"<label> top-1: 73.45% (top-5 98.10%)"`` from ``{"top1": …, "top5": …}``."""
+    (first, value), *rest = acc.items()
+    extra = ", ".join(f"top-{n[3:]} {v:.2f}%" for n, v in rest)
+    return f"{label} top-{first[3:]}: {value:.2f}%" + (f" ({extra})" if extra else "")
+
+
+def _num_classes(datamodule: Any, *labels: Tensor) -> int:
+    names = getattr(datamodule, "classnames", None)
+    return len(names) if names else int(max(int(y.max()) for y in labels)) + 1
+
+
+class ZeroShotEval(EvalCallback):
+    """Zero-shot top-k accuracy with the template-ensembled text classifier (CLIP / SLIP).
+
+    Logs ``eval/zeroshot_top{k}``. Needs ``datamodule.classnames``, ``.templates`` and
+    ``.tokenizer``; images are embedded with ``encoder.encode_image``.
+    """
+
+    def __init__(
+        self,
+        top_k: Sequence[int] = (1, 5),
+        split: str = "test",
+        text_batch_size: int = 256,
+        every_n_epochs: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.top_k = tuple(top_k)
+        self.split = split
+        self.text_batch_size = text_batch_size
+
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
+    ) -> tuple[dict[str, float], str] | None:
+        classnames = getattr(datamodule, "classnames", None)
+        templates = getattr(datamodule, "templates", None)
+        if not classnames or not templates:
+            return self._skip("the datamodule has no classnames / templates")
+        x, y, _ = self._image_features(trainer, pl_module, self.split, "embed")
+        if y is None:
+            return self._skip(f"the {self.split} split has no labels")
+        with self._encoding(trainer):
+            classifier = zeroshot_classifier(
+                pl_module.encoder,
+                datamodule.tokenizer,
+                classnames,
+                templates,
+                pl_module.device,
+                self.text_batch_size,
+                model=pl_module,
+            )
+        acc = zeroshot_accuracy(x, y, classifier, self.top_k)
+        summary = _topk_summary("zero-shot", acc) + (
+            f" on {len(y)} {self.split} images, {len(classnames)} classes"
+        )
+        return {f"zeroshot_{k}": v for k, v in acc.items()}, summary
+
+
+class LinearProbeEval(EvalCallback):
+    """CLIP linear probe (L-BFGS logistic regression, C picked on a validation split).
+
+    Logs ``eval/linear_probe_top1`` and the chosen ``eval/linear_probe_C``; features are the
+    pre-projection trunk (``feature="trunk"``) or the projected embedding (``"embed"``).
+    """
+
+    def __init__(
+        self,
+        feature: Feature = "trunk",
+        Cs: Sequence[float] = DEFAULT_CS,
+        val_fraction: float = 0.2,
+        max_iter: int = 1000,
+        standardize: bool = False,
+        seed: int = 0,
+        train_split: str = "train",
+        test_split: str = "test",
+        every_n_epochs: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.feature = feature
+        self.Cs = tuple(float(c) for c in Cs)
+        self.val_fraction = val_fraction
+        self.max_iter = max_iter
+        self.standardize = standardize
+        self.seed = seed
+        self.train_split = train_split
+        self.test_split = test_split
+
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
+    ) -> tuple[dict[str, float], str] | None:
+        xtr, ytr, _ = self._image_features(trainer, pl_module, self.train_split, self.feature)
+        xte, yte, _ = self._image_features(trainer, pl_module, self.test_split, self.feature)
+        if ytr is None or yte is None:
+            return self._skip("the evaluation splits have no labels")
+        if ytr.unique().numel() < 2:
+            return self._skip("fewer than 2 classes in the train features")
+        res = linear_probe(
+            xtr,
+            ytr,
+            xte,
+            yte,
+            self.Cs,
+            self.val_fraction,
+            self.seed,
+            self.max_iter,
+            self.standardize,
+        )
+        summary = (
+            f"linear probe ({self.feature}) top-1: {res['top1']:.2f}% (C={res['C']:g}) "
+            f"on {len(yte)} {self.test_split} images, fitted on {len(ytr)}"
+        )
+        return {"linear_probe_top1": res["top1"], "linear_probe_C": res["C"]}, summary
+
+
+class KNNEval(EvalCallback):
+    """Weighted kNN accuracy (InstDisc / DINO: k neighbours, votes exp(cos / T)).
+
+    Logs ``eval/knn_top{k}`` for ``top_k``.
+    """
+
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float = 0.07,
+        feature: Feature = "trunk",
+        top_k: Sequence[int] = (1, 5),
+        train_split: str = "train",
+        test_split: str = "test",
+        every_n_epochs: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.k = k
+        self.temperature = temperature
+        self.feature = feature
+        self.top_k = tuple(top_k)
+        self.train_split = train_split
+        self.test_split = test_split
+
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
+    ) -> tuple[dict[str, float], str] | None:
+        xtr, ytr, _ = self._image_features(trainer, pl_module, self.train_split, self.feature)
+        xte, yte, _ = self._image_features(trainer, pl_module, self.test_split, self.feature)
+        if ytr is None or yte is None:
+            return self._skip("the evaluation splits have no labels")
+        num_classes = _num_classes(datamodule, ytr, yte)
+        acc = knn_accuracy(xtr, ytr, xte, yte, num_classes, self.k, self.temperature, self.top_k)
+        label = f"kNN (k={self.k}, T={self.temperature:g}, {self.feature})"
+        summary = _topk_summary(label, acc) + (
+            f" on {len(yte)} {self.test_split} images, {len(ytr)} in the memory bank"
+        )
+        return {f"knn_{n}": v for n, v in acc.items()}, summary
+
+
+class RetrievalEval(EvalCallback):
+    """Image→text and text→image recall R@k on the captions of an evaluation split.
+
+    Captions come from the batches' ``"text"`` tokens: ``(B, L)`` (one caption per image) or
+    ``(B, K, L)`` (K captions per image). Logs ``eval/retrieval_i2t_r{k}`` and
+    ``eval/retrieval_t2i_r{k}``. Each row of the split counts as a distinct image.
+    """
+
+    def __init__(
+        self,
+        split: str = "test",
+        ks: Sequence[int] = (1, 5, 10),
+        text_batch_size: int = 256,
+        every_n_epochs: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs)
+        self.split = split
+        self.ks = tuple(ks)
+        self.text_batch_size = text_batch_size
+
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
+    ) -> tuple[dict[str, float], str] | None:
+        image, _, tokens = self._image_features(trainer, pl_module, self.split, "embed")
+        if tokens is None:
+            return self._skip(f"the {self.split} batches carry no 'text' tokens")
+        per_image = tokens.shape[1] if tokens.dim() == 3 else 1
+        tokens = tokens.reshape(-1, tokens.shape[-1])
+        text_to_image = torch.arange(image.shape[0]).repeat_interleave(per_image)
+        with self._encoding(trainer):
+            text = encode_text_batched(
+                pl_module.encoder, tokens, pl_module.device, self.text_batch_size, model=pl_module
+            )
+        rec = retrieval_recall(image, text, text_to_image, self.ks)
+        ks = "/".join(str(k) for k in self.ks)
+        i2t = "/".join(f"{rec[f'i2t_r{k}']:.2f}" for k in self.ks)
+        t2i = "/".join(f"{rec[f't2i_r{k}']:.2f}" for k in self.ks)
+        summary = (
+            f"retrieval R@{ks}: image→text {i2t}%, text→image {t2i}% "
+            f"on {image.shape[0]} {self.split} images, {text.shape[0]} captions"
+        )
+        return {f"retrieval_{n}": v for n, v in rec.items()}, summary

@@ -1,0 +1,49 @@
+"""The Lightning side of the ``zoo`` command: one LightningCLI in subclass mode.
+
+Recipes name a ``ZooModule`` subclass under ``model:`` and a ``ZooDataModule`` subclass
+under ``data:`` by ``class_path``. jsonargparse checks every key and type before anything is
+built, so a typo fails at once and names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class ZooCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.set_defaults({"trainer.default_root_dir": "runs"})
+
+    return ZooCLI
+
+
+def run_lightning_cli(args: Sequence[str]):
+    """Run ``fit`` / ``validate`` / ``test`` / ``predict`` with LightningCLI; returns the CLI."""
+    import sys
+    import warnings
+
+    from zoo.datamodule import ZooDataModule
+    from zoo.module import ZooModule
+
+    # A datamodule without validation data returns no val loader; that is intended.
+    warnings.filterwarnings("ignore", message=r"Total length of .* across ranks is zero")
+    cli_cls = _cli_class()
+    argv = list(args)
+    # From the console, LightningCLI reads sys.argv itself (passing both only warns).
+    return cli_cls(
+        ZooModule,
+        ZooDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=None if argv == sys.argv[1:] else argv,
+        parser_kwargs={"default_env": False},
+    )

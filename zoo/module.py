@@ -1,0 +1,52 @@
+"""``ZooModule``: the LightningModule base every paper module subclasses.
+
+It owns the optimiser recipe (AdamW with SLIP's no-decay rule, per-step warm-up + cosine,
+see :mod:`zoo.optim`) and a post-optimiser-step hook (logit-scale clamps, EMA teachers).
+Paper modules implement ``training_step`` and, where they have one, ``validation_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from zoo.optim import OptimSpec, build_adamw, build_schedule
+from zoo.specs import to_spec
+
+
+class ZooModule(L.LightningModule):
+    def __init__(self, optim: OptimSpec | None = None):
+        super().__init__()
+        self.optim = to_spec(OptimSpec, optim)
+
+    # --- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_adamw(self, self.optim)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = (
+            self.trainer.max_epochs
+            if self.trainer.max_epochs and self.trainer.max_epochs > 0
+            else 1
+        )
+        scheduler = build_schedule(optimizer, self.optim, total, steps_per_epoch=total / epochs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step (clamps, EMA updates). Override as needed."""
+
+    # --- helpers --------------------------------------------------------------------------
+    def log_losses(
+        self, losses: dict[str, torch.Tensor], prefix: str = "train", **kwargs: Any
+    ) -> None:
+        """Log a dict of loss terms as ``{prefix}/{name}``; ``loss`` goes to the progress bar."""
+        for name, value in losses.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=(name == "loss"), **kwargs)

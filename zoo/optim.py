@@ -1,0 +1,92 @@
+"""Optimiser recipes: AdamW parameter groups and the per-step warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimSpec:
+    """AdamW with SLIP's schedule (``main.py`` / ``utils.cosine_scheduler``).
+
+    ``lr`` is the peak learning rate for the whole (global) batch. The schedule warms up
+    linearly from ``warmup_start_lr`` over ``warmup_epochs`` (or ``warmup_steps`` when set),
+    then follows a half cosine down to ``min_lr``; it is updated every optimiser step.
+    Parameters with ``ndim < 2`` or whose name contains one of ``no_decay_keywords`` get no
+    weight decay (SLIP: ``p.ndim < 2 or 'bias' in n or 'ln' in n or 'bn' in n``).
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_epochs: float = 1.0
+    warmup_steps: int | None = None
+    warmup_start_lr: float = 1e-6
+    min_lr: float = 1e-5
+    no_decay_keywords: list[str] = field(default_factory=lambda: ["bias", "ln", "bn"])
+    fused: bool | None = None
+
+
+def is_no_decay(name: str, param: torch.Tensor, keywords: Iterable[str]) -> bool:
+    return param.ndim < 2 or any(k in name for k in keywords)
+
+
+def param_groups(model: nn.Module, spec: OptimSpec) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group (frozen ones skipped)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if is_no_decay(name, p, spec.no_decay_keywords) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": spec.weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def build_adamw(model: nn.Module, spec: OptimSpec) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, spec) if g["params"]]
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    fused = spec.fused
+    if fused is None:  # fused AdamW is much faster and supported on CPU and CUDA tensors
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, fused=fused)
+
+
+def warmup_cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, start_lr: float
+) -> float:
+    """SLIP's ``cosine_scheduler``: ``linspace(start_lr, base_lr, warmup_steps)`` then
+    ``min_lr + ½(base_lr − min_lr)(1 + cos(π i / (total − warmup)))`` for i = 0 … total − warmup − 1.
+    """
+    if step < warmup_steps:
+        if warmup_steps == 1:
+            return start_lr
+        return start_lr + (base_lr - start_lr) * step / (warmup_steps - 1)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    i = min(step - warmup_steps, decay_steps)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * i / decay_steps))
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, spec: OptimSpec, total_steps: int, steps_per_epoch: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = (
+        spec.warmup_steps
+        if spec.warmup_steps is not None
+        else int(round(spec.warmup_epochs * steps_per_epoch))
+    )
+    warmup = min(warmup, total_steps)
+
+    def factor(step: int) -> float:
+        lr = warmup_cosine_lr(step, total_steps, warmup, spec.lr, spec.min_lr, spec.warmup_start_lr)
+        return lr / spec.lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,32 @@
+"""Spec dataclasses from plain mappings (checkpoint hyper-parameters, JSON model configs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar, get_type_hints
+
+T = TypeVar("T")
+
+
+def to_spec(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
+    """``value`` as a ``cls`` instance: ``None`` → defaults, a mapping → nested construction
+    (unknown keys are an error naming them), an instance → itself."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, item in value.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(item, Mapping):
+            item = to_spec(hint, item)
+        kwargs[name] = item
+    return cls(**kwargs)
