@@ -8,6 +8,7 @@ built, so a typo fails at once and names the key.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,6 +20,17 @@ def _cli_class():
     class ZooCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.set_defaults({"trainer.default_root_dir": "runs"})
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except (ValueError, FileNotFoundError) as err:
+                # jsonargparse reports a constructor's FileNotFoundError inside a long
+                # "does not validate against any of the Union subtypes" message; surface it.
+                found = re.findall(r"(?m)^\s*(?:- )?(.*\bnot found: .*)$", str(err))
+                if not found:
+                    raise
+                self.parser.error(found[0])
 
     return ZooCLI
 
@@ -45,5 +57,5 @@ def run_lightning_cli(args: Sequence[str]):
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=None if argv == sys.argv[1:] else argv,
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "prog": "zoo"},
     )

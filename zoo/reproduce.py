@@ -136,6 +136,7 @@ def reproduce_command(argv: Sequence[str]) -> int:
     overrides = [a for a in args.overrides if a != "--"]
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     paper = recipe.parent.name
+    started = provenance()  # before the runs: the code that produced the numbers
     per_seed, configs = [], []
     for seed in seeds:
         print(
@@ -155,7 +156,7 @@ def reproduce_command(argv: Sequence[str]) -> int:
         "command": "python -m zoo reproduce " + " ".join(argv),
         "config": configs[0],
         "config_sha256": hashlib.sha256(configs[0].encode()).hexdigest(),
-        **provenance(),
+        **started,
     }
     out = Path(args.out or f"runs/reproduce/{paper}-{recipe.stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
