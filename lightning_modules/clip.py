@@ -50,7 +50,7 @@ class CLIP(ZooModule):
         return terms["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_losses(self.loss_terms(batch), prefix="val", sync_dist=True)
+        self.log_losses(self.loss_terms(batch), prefix=self.eval_prefix, sync_dist=True)
 
     def after_optimizer_step(self) -> None:
         self.encoder.clamp_logit_scale()

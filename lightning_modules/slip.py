@@ -77,7 +77,7 @@ class SLIP(ZooModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         z_i, z_t, scale = self.encoder(batch["image"], batch["text"])
-        self.log("val/clip_loss", self.clip_loss(z_i, z_t, scale), sync_dist=True)
+        self.log(f"{self.eval_prefix}/clip_loss", self.clip_loss(z_i, z_t, scale), sync_dist=True)
 
     def after_optimizer_step(self) -> None:
         self.encoder.clamp_logit_scale()

@@ -73,9 +73,22 @@ class ZooDataModule(L.LightningDataModule):
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return self._loader(self.val_set, train=False)
+        """The validation split; in ``zoo validate`` without one, the labelled test split
+        (so the recipe's evaluation callbacks have an epoch to run in)."""
+        if self.val_set is not None:
+            return self._loader(self.val_set, train=False)
+        if self.trainer is not None and self.trainer.validating and self.has_eval_split("test"):
+            return self.eval_dataloader("test")
+        return []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.eval_dataloader("test") if self.has_eval_split("test") else []
+
+    def has_eval_split(self, split: str) -> bool:
+        return False
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        raise NotImplementedError(f"{type(self).__name__} has no labelled {split!r} split")
 
 
 def _resolve(root: Path | None, path: str | None) -> str | None:
@@ -333,6 +346,9 @@ class ImageTextDataModule(ZooDataModule):
             self.train_set = self.build_dataset("train", train=True)
         if stage in (None, "fit", "validate") and self.val_set is None and self.paths["val"]:
             self.val_set = self.build_dataset("val", train=False)
+
+    def has_eval_split(self, split: str) -> bool:
+        return bool(self.paths.get(split))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Eval-transformed, labelled loader used by the evaluation callbacks.

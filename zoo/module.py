@@ -43,6 +43,14 @@ class ZooModule(L.LightningModule):
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (clamps, EMA updates). Override as needed."""
 
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        """By default a paper's test step is its validation step (logged under ``test/``)."""
+        return self.validation_step(batch, batch_idx)
+
+    @property
+    def eval_prefix(self) -> str:
+        return "test" if self._trainer is not None and self.trainer.testing else "val"
+
     # --- helpers --------------------------------------------------------------------------
     def log_losses(
         self, losses: dict[str, torch.Tensor], prefix: str = "train", **kwargs: Any

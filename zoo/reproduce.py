@@ -126,14 +126,14 @@ def reproduce_command(argv: Sequence[str]) -> int:
     parser.add_argument("--scale", default=None, help="what was run, e.g. 'tiny: digits 16px, CPU'")
     parser.add_argument("--out", default=None, help="JSON record path (default runs/reproduce/...)")
     parser.add_argument("--append", action="store_true", help="append the result to the metafile")
-    parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="extra `zoo fit` arguments after --"
-    )
-    args = parser.parse_args(argv)
+    parser.epilog = "Arguments after `--` are passed to `zoo fit` (e.g. -- --trainer.max_epochs 5)."
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    overrides = argv[split + 1 :]
     recipe = Path(args.recipe)
     if not recipe.is_file():
         parser.error(f"recipe not found: {recipe}")
-    overrides = [a for a in args.overrides if a != "--"]
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     paper = recipe.parent.name
     started = provenance()  # before the runs: the code that produced the numbers

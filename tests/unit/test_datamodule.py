@@ -1,0 +1,100 @@
+"""The image–text datamodule reads every real format back to the same data, builds SLIP's
+four-tensor samples, and fails clearly on missing paths."""
+
+import pytest
+import torch
+
+from datamodules.clip import CLIPDataModule
+from datamodules.slip import SLIPDataModule
+from zoo.datamodule import DigitsSpec
+
+FORMATS = ["csv", "jsonl", "wds", "hf"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("digits"))
+
+
+def _module(cache: str, fmt: str, cls=SLIPDataModule, **kwargs):
+    return cls(
+        source="digits",
+        digits=DigitsSpec(format=fmt, cache_dir=cache),
+        image_size=16,
+        context_length=16,
+        batch_size=32,
+        **kwargs,
+    )
+
+
+def _per_label_pixel_sums(dm) -> torch.Tensor:
+    sums = torch.zeros(10, dtype=torch.float64)
+    count = 0
+    for batch in dm.eval_dataloader("test"):
+        sums.index_add_(0, batch["label"], batch["image"].double().sum(dim=(1, 2, 3)))
+        count += len(batch["label"])
+    assert count == 540
+    return sums
+
+
+def test_every_format_reads_back_the_same_labelled_images(cache):
+    reference = _per_label_pixel_sums(_module(cache, "csv"))
+    assert (reference != 0).all()
+    for fmt in FORMATS[1:]:
+        torch.testing.assert_close(
+            _per_label_pixel_sums(_module(cache, fmt)), reference, rtol=1e-9, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_slip_training_batch_has_clip_view_caption_and_two_ssl_views(cache, fmt):
+    dm = _module(cache, fmt)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (32, 3, 16, 16) and len(batch["views"]) == 2
+    assert all(v.shape == batch["image"].shape for v in batch["views"])
+    # the three views are different augmentations of the same images
+    assert not torch.equal(batch["views"][0], batch["views"][1])
+    tokens = batch["text"]
+    assert tokens.shape == (32, 16) and (tokens[:, 0] == 49406).all()
+    assert (
+        tokens.argmax(dim=1) == (tokens == 49407).int().argmax(dim=1)
+    ).all()  # EOT is the max id
+    assert int(batch["skipped"]) == 0
+
+
+def test_clip_datamodule_has_no_extra_views(cache):
+    dm = _module(cache, "csv", cls=CLIPDataModule)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.get("views", []) == [] and dm.num_views == 0
+    assert len(dm.train_dataloader()) == 1257 // 32  # drop_last
+
+
+def test_webdataset_epoch_length_is_set(cache):
+    dm = _module(cache, "wds", cls=CLIPDataModule)
+    dm.setup("fit")
+    assert dm.epoch_samples == 1257
+    assert len(dm.train_dataloader()) == 1257 // 32
+    seen = sum(len(b["label"]) for b in dm.train_dataloader())
+    assert seen == (1257 // 32) * 32
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data root not found: .*nope"):
+        CLIPDataModule(source="csv", root=str(tmp_path / "nope"), train="pairs.csv")
+    with pytest.raises(FileNotFoundError, match=r"train data not found: .*pairs\.csv"):
+        CLIPDataModule(source="csv", root=str(tmp_path), train="pairs.csv")
+    with pytest.raises(FileNotFoundError, match=r"shard-000001\.tar"):
+        (tmp_path / "shard-000000.tar").write_bytes(b"")
+        CLIPDataModule(
+            source="wds", root=str(tmp_path), train="shard-{000000..000001}.tar", epoch_samples=10
+        )
+
+
+def test_builtin_imagenet_lists():
+    dm = CLIPDataModule(
+        source="csv", classnames="builtin:imagenet", templates="builtin:openai_imagenet"
+    )
+    assert len(dm.classnames) == 1000 and len(dm.templates) == 80
+    assert all(t.count("{}") == 1 for t in dm.templates)
