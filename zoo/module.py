@@ -40,6 +40,19 @@ class ZooModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.after_optimizer_step()
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Bad images are replaced by the loaders and counted per batch ("skipped"); the
+        # epoch total goes to the logs as data/skipped_images so it is never silent.
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.log(
+                "data/skipped_images",
+                batch["skipped"].float(),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+            )
+
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (clamps, EMA updates). Override as needed."""
 

@@ -1,6 +1,8 @@
 """The image–text datamodule reads every real format back to the same data, builds SLIP's
 four-tensor samples, and fails clearly on missing paths."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -98,3 +100,55 @@ def test_builtin_imagenet_lists():
     )
     assert len(dm.classnames) == 1000 and len(dm.templates) == 80
     assert all(t.count("{}") == 1 for t in dm.templates)
+
+
+def test_corrupt_and_missing_images_are_counted_in_training_logs(tmp_path):
+    import csv
+
+    import lightning as L
+    import numpy as np
+    from lightning.pytorch.loggers import CSVLogger
+    from PIL import Image
+
+    from lightning_modules.clip import CLIP
+    from tests.papers._tiny import tiny_encoder_spec
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(
+            tmp_path / f"{i}.png"
+        )
+        rows.append({"image": f"{i}.png", "caption": f"picture {i}", "label": i % 10})
+    (tmp_path / "3.png").write_bytes(b"not a png")  # corrupt
+    rows.append({"image": "gone.png", "caption": "missing", "label": 0})  # missing
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "caption", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    spec = tiny_encoder_spec()
+    spec.text.vocab_size, spec.text.eos_token_id = 49408, 49407  # the real CLIP BPE
+    dm = CLIPDataModule(
+        source="csv",
+        root=str(tmp_path),
+        train="pairs.csv",
+        image_size=16,
+        context_length=8,
+        batch_size=17,
+        drop_last=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(CLIP(encoder=spec), datamodule=dm)
+    metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    column = header.index("data/skipped_images")
+    values = [float(line.split(",")[column]) for line in metrics[1:] if line.split(",")[column]]
+    assert values == [2.0, 2.0]  # one corrupt + one missing file, each epoch
