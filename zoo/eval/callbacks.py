@@ -140,6 +140,17 @@ class EvalCallback(Callback):
                 desc=f"{type(self).__name__} {split}",
             )
 
+    def _fit_and_score_features(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """Labelled features of ``self.train_split`` (to fit on) and ``self.test_split``
+        (to score), or ``None`` when either split has no labels."""
+        xtr, ytr, _ = self._image_features(trainer, pl_module, self.train_split, self.feature)
+        xte, yte, _ = self._image_features(trainer, pl_module, self.test_split, self.feature)
+        if ytr is None or yte is None:
+            return None
+        return xtr, ytr, xte, yte
+
     def _skip(self, why: str) -> None:
         rank_zero_warn(f"{type(self).__name__} skipped: {why}")
 
@@ -234,10 +245,10 @@ class LinearProbeEval(EvalCallback):
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
     ) -> tuple[dict[str, float], str] | None:
-        xtr, ytr, _ = self._image_features(trainer, pl_module, self.train_split, self.feature)
-        xte, yte, _ = self._image_features(trainer, pl_module, self.test_split, self.feature)
-        if ytr is None or yte is None:
+        pair = self._fit_and_score_features(trainer, pl_module)
+        if pair is None:
             return self._skip("the evaluation splits have no labels")
+        xtr, ytr, xte, yte = pair
         if ytr.unique().numel() < 2:
             return self._skip("fewer than 2 classes in the train features")
         res = linear_probe(
@@ -285,10 +296,10 @@ class KNNEval(EvalCallback):
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
     ) -> tuple[dict[str, float], str] | None:
-        xtr, ytr, _ = self._image_features(trainer, pl_module, self.train_split, self.feature)
-        xte, yte, _ = self._image_features(trainer, pl_module, self.test_split, self.feature)
-        if ytr is None or yte is None:
+        pair = self._fit_and_score_features(trainer, pl_module)
+        if pair is None:
             return self._skip("the evaluation splits have no labels")
+        xtr, ytr, xte, yte = pair
         num_classes = _num_classes(datamodule, ytr, yte)
         acc = knn_accuracy(xtr, ytr, xte, yte, num_classes, self.k, self.temperature, self.top_k)
         label = f"kNN (k={self.k}, T={self.temperature:g}, {self.feature})"
