@@ -92,6 +92,8 @@ def append_to_metafile(record: dict[str, Any], metafile: Path) -> None:
     meta = yaml.safe_load(text) or {}
     entries = meta.setdefault("reproduced", []) or []
     for metric, stats in record["metrics"].items():
+        if metric.endswith("_C"):  # the probe's chosen regularisation: a setting, not a result
+            continue
         entries.append(
             {
                 "recipe": Path(record["recipe"]).name,
@@ -126,6 +128,11 @@ def reproduce_command(argv: Sequence[str]) -> int:
     parser.add_argument("--scale", default=None, help="what was run, e.g. 'tiny: digits 16px, CPU'")
     parser.add_argument("--out", default=None, help="JSON record path (default runs/reproduce/...)")
     parser.add_argument("--append", action="store_true", help="append the result to the metafile")
+    parser.add_argument(
+        "--from-record",
+        default=None,
+        help="append an existing JSON record (written by an earlier `zoo reproduce`) instead of running",
+    )
     parser.epilog = "Arguments after `--` are passed to `zoo fit` (e.g. -- --trainer.max_epochs 5)."
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
@@ -134,6 +141,13 @@ def reproduce_command(argv: Sequence[str]) -> int:
     recipe = Path(args.recipe)
     if not recipe.is_file():
         parser.error(f"recipe not found: {recipe}")
+    if args.from_record:
+        record = json.loads(Path(args.from_record).read_text())
+        if Path(record["recipe"]).name != recipe.name or record["paper"] != recipe.parent.name:
+            parser.error(f"{args.from_record} is a record of {record['recipe']}, not {recipe}")
+        append_to_metafile(record, recipe.parent / "metafile.yaml")
+        print(f"[zoo reproduce] appended {args.from_record} to {recipe.parent / 'metafile.yaml'}")
+        return 0
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     paper = recipe.parent.name
     started = provenance()  # before the runs: the code that produced the numbers
