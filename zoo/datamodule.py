@@ -188,6 +188,8 @@ class ImageTextDataModule(ZooDataModule):
         drop_last: bool = True,
     ):
         super().__init__(batch_size, num_workers, pin_memory, drop_last)
+        # stored in checkpoints (datamodule_hyper_parameters): export reads the preprocessing
+        self.save_hyperparameters()
         self.source = source
         self._caption_keys = [caption_keys] if isinstance(caption_keys, str) else caption_keys
         self.label_key = label_key
