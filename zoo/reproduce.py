@@ -33,6 +33,15 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _code_is_dirty() -> bool:
+    """Uncommitted changes to tracked files other than the ledger itself (metafiles and
+    generated READMEs, which ``--append`` and ``zoo docs`` write)."""
+    changed = [
+        line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    ]
+    return any(not (p.endswith("metafile.yaml") or p.endswith(".md")) for p in changed)
+
+
 def provenance() -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -44,7 +53,7 @@ def provenance() -> dict[str, Any]:
             versions[pkg] = None
     return {
         "commit": _git("rev-parse", "HEAD") or None,
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": _code_is_dirty(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "versions": versions,
         "hardware": f"{platform.machine()} {platform.processor() or ''} {_cpu_count()} CPU cores".replace(
@@ -113,6 +122,9 @@ def append_to_metafile(record: dict[str, Any], metafile: Path) -> None:
             }
         )
     meta["reproduced"] = entries
+    from zoo.ledger import validate_metafile
+
+    validate_metafile(meta)  # never write an entry the ledger schema would reject
     metafile.write_text(
         header + yaml.safe_dump(meta, sort_keys=False, width=100, allow_unicode=True)
     )

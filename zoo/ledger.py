@@ -1,0 +1,89 @@
+"""The results ledger: the schema of ``recipes/<paper>/metafile.yaml``.
+
+Reported numbers carry their source; reproduced numbers carry what makes them checkable
+(value per seed, mean ± std, scale, command, commit, date, hardware). Validated with
+pydantic; ``zoo reproduce --append`` validates before it writes, and a test validates every
+metafile in the repository.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PaperInfo(_Strict):
+    title: str
+    arxiv: str | None = None
+    venue: str | None = None
+    code: str | None = None
+    code_commit: str | None = None
+    authors: str | None = None
+
+
+class ReportedResult(_Strict):
+    """A number as the paper (or its official code) reports it, with where it comes from."""
+
+    dataset: str
+    metric: str
+    value: float
+    recipe: str
+    source: str = Field(min_length=1)
+    setting: str | None = None
+    pretrain_data: str | None = None
+    backbone: str | None = None
+    epochs: int | None = None
+
+
+class ReproducedResult(_Strict):
+    """A number produced in this zoo by ``zoo reproduce`` (never typed by hand)."""
+
+    recipe: str
+    metric: str
+    mean: float
+    std: float = Field(ge=0)
+    values: list[float] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    scale: str = Field(min_length=1)
+    command: str = Field(pattern=r"^python -m zoo reproduce ")
+    commit: str | None = Field(pattern=r"^[0-9a-f]{40}$")
+    dirty: bool
+    date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    hardware: str
+    zoo_version: str | None = None
+    config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReproducedResult:
+        if len(self.values) != len(self.seeds):
+            raise ValueError(f"{len(self.values)} values for {len(self.seeds)} seeds")
+        mean = statistics.fmean(self.values)
+        std = statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        # values are stored rounded to 4 decimals
+        if abs(mean - self.mean) > 1e-3 or abs(std - self.std) > 1e-3:
+            raise ValueError(
+                f"mean/std {self.mean}/{self.std} do not match the values {self.values}"
+            )
+        return self
+
+
+class Metafile(_Strict):
+    paper: PaperInfo
+    reported: list[ReportedResult] = Field(min_length=1)
+    reproduced: list[ReproducedResult] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+def validate_metafile(data: dict[str, Any] | Path) -> Metafile:
+    """Parse and validate a metafile (a path or its loaded YAML); raises ``ValueError``."""
+    if isinstance(data, Path):
+        data = yaml.safe_load(data.read_text()) or {}
+    return Metafile.model_validate(data)
