@@ -1,7 +1,7 @@
 """The ``zoo`` command: LightningCLI verbs (fit / validate / test / predict) plus zoo verbs.
 
-``zoo --help``, ``zoo list`` and ``zoo info`` never import torch or Lightning, so they answer
-at once; the Lightning verbs import them lazily.
+``zoo --help``, ``zoo list`` (also ``--models``) and ``zoo info`` never import torch or
+Lightning, so they answer at once; the Lightning verbs and ``zoo export`` import them lazily.
 """
 
 from __future__ import annotations
@@ -24,16 +24,19 @@ Lightning commands (each takes --config RECIPE.yaml, dotted overrides such as
   predict     run prediction
 
 Zoo commands:
-  list        list papers and their recipes
+  list        list papers and their recipes (--models: installed model packages)
   info PAPER  show a paper's reported (and reproduced) numbers from its metafile
   reproduce RECIPE --seeds N [--append]
               fit a recipe with N seeds, record metrics with provenance
   docs        regenerate recipes/<paper>/README.md from the metafiles
+  export SOURCE --name NAME --out DIR [--wheel] [--dtype float16] [--trust-pickle]
+              a checkpoint / HF CLIP folder / OpenAI state dict → model folder + package
 
 Examples:
   zoo fit --config recipes/slip/tiny.yaml
   zoo fit --config recipes/slip/vit_b16_yfcc15m.yaml --data.root /data/yfcc15m
   zoo info slip
+  zoo export runs/slip-tiny/.../last.ckpt --trust-pickle --name slip-tiny --out checkpoints/slip-tiny
 Run `zoo fit --help` for every option of a command.
 """
 
@@ -57,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zoo.commands import info_command
 
         return info_command(rest)
+    if command == "export":
+        from zoo.commands import export_command
+
+        return export_command(rest)
     if command == "reproduce":
         from zoo.reproduce import reproduce_command
 

@@ -109,15 +109,17 @@ TABLE_START, TABLE_END = "<!-- papers-table:start -->", "<!-- papers-table:end -
 
 
 def _reproduced_summary(entries: list[dict[str, Any]]) -> str:
-    if not entries:
-        return "–"
+    """Top-1 results of plain recipe runs; runs with command-line overrides (controls,
+    ablations) are listed in the paper's own README only."""
     parts = []
     for e in entries:
         metric = str(e.get("metric", "")).removeprefix("eval/")
+        if not metric.endswith("top1") or " -- " in str(e.get("command", "")):
+            continue
         parts.append(
             f"{metric} {e.get('mean', 0):.1f} ± {e.get('std', 0):.1f} ({e.get('recipe', '')}, {len(e.get('seeds', []))} seeds)"
         )
-    return "; ".join(parts)
+    return "; ".join(parts) or "–"
 
 
 def render_papers_table() -> str:

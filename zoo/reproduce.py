@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def reproduce_command(argv: Sequence[str]) -> int:
         "metrics": summarise(per_seed),
         "per_seed": per_seed,
         "scale": args.scale or f"recipe {recipe.stem}",
-        "command": "python -m zoo reproduce " + " ".join(argv),
+        "command": "python -m zoo reproduce " + shlex.join(argv),
         "config": configs[0],
         "config_sha256": hashlib.sha256(configs[0].encode()).hexdigest(),
         **started,

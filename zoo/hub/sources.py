@@ -1,0 +1,250 @@
+"""What ``zoo export`` reads: Lightning checkpoints of ``zoo fit``, Hugging Face CLIP folders
+and OpenAI / open_clip state dicts, each turned into an :class:`ExportSource`."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from zoo.backbones import DualEncoder, DualEncoderSpec
+from zoo.backbones.convert import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    UntrustedCheckpointError,
+    dual_encoder_from_hf_clip,
+    dual_encoder_from_openai_state_dict,
+    hf_clip_spec,
+    load_state_file,
+    openai_clip_spec,
+)
+from zoo.backbones.dual_encoder import LOG_100
+from zoo.hub.config import CLIP_BPE
+from zoo.specs import to_spec
+
+SourceFormat = Literal["auto", "lightning", "hf-clip", "openai"]
+# Files of a Hugging Face tokenizer folder (copied into the model folder's tokenizer/).
+HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+@dataclass
+class ExportSource:
+    """A model to export: encoder + spec, heads, preprocessing, tokenizer and provenance.
+
+    ``tokenizer`` is ``"clip-bpe"`` or a local folder whose files get copied (``tokenizer_files``
+    limits which; empty = the whole folder).
+    """
+
+    encoder: DualEncoder
+    spec: DualEncoderSpec
+    preprocess: dict[str, Any]
+    context_length: int
+    tokenizer: str = CLIP_BPE
+    tokenizer_files: tuple[str, ...] = ()
+    heads: dict[str, nn.Module] = field(default_factory=dict)
+    paper: str = "clip"
+    recipe: Path | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(path: Path) -> str:
+    """``hf-clip`` for folders, ``lightning`` for ``.ckpt`` files, else ``openai``."""
+    if path.is_dir():
+        return "hf-clip"
+    return "lightning" if path.suffix == ".ckpt" else "openai"
+
+
+def _inert_spec(value: Any) -> DualEncoderSpec:
+    """The encoder spec with ``vision.checkpoint`` cleared (weights come from the export)."""
+    spec = copy.deepcopy(to_spec(DualEncoderSpec, value))
+    spec.vision = dataclasses.replace(spec.vision, checkpoint=None)
+    return spec
+
+
+def _complete_converter_spec(spec: DualEncoderSpec, encoder: DualEncoder) -> DualEncoderSpec:
+    """The converters' spec completion (``_build``): logit scale init and max from the weights."""
+    scale = float(encoder.logit_scale.detach())
+    spec.logit_scale_init = scale
+    spec.logit_scale_max = max(LOG_100, scale)
+    return spec
+
+
+def _converter_preprocess(pre: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    pre = dict(pre)
+    context_length = int(pre.pop("context_length"))
+    return pre, context_length
+
+
+# --------------------------------------------------------------------------- Lightning
+
+
+def _refuse_ckpt(path: Path) -> UntrustedCheckpointError:
+    return UntrustedCheckpointError(
+        f"{path} is a Lightning checkpoint, i.e. a pickle: unpickling can run arbitrary code, "
+        "so it is refused by default. Checkpoints written by your own `zoo fit` runs are safe: "
+        "opt in with --trust-pickle (trust_pickle=True). Never do so for a file from a source "
+        "you do not trust."
+    )
+
+
+def _read_ckpt(path: Path) -> dict[str, Any]:
+    try:  # zoo fit checkpoints hold only plain types: no code runs
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # e.g. dataclass hyper-parameters: a pickle the caller trusts
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _import_class(class_path: str) -> type:
+    from zoo.module import ZooModule
+
+    module_name, _, cls_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ZooModule)):
+        raise ValueError(f"{class_path} is not a ZooModule subclass")
+    return cls
+
+
+def _find_recipe(path: Path) -> Path | None:
+    """The ``config.yaml`` LightningCLI saved in the checkpoint's version dir."""
+    for folder in (path.parent.parent, path.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def _datamodule_preprocess(dm: dict[str, Any], spec: DualEncoderSpec) -> dict[str, Any]:
+    size = int(dm.get("image_size") or spec.vision.img_size)
+    return {
+        "image_size": size,
+        "resize": size,
+        "crop": size,
+        "mean": [float(x) for x in (dm.get("mean") or OPENAI_CLIP_MEAN)],
+        "std": [float(x) for x in (dm.get("std") or OPENAI_CLIP_STD)],
+        "interpolation": "bicubic",  # build_transform's default, used by the datamodules
+    }
+
+
+def from_lightning(
+    path: Path, trust_pickle: bool = False, class_path: str | None = None
+) -> ExportSource:
+    """A ``zoo fit`` checkpoint: the module is rebuilt from ``hyper_parameters``
+    (``_class_path`` + init args), its state loaded strictly; preprocessing and tokenizer come
+    from ``datamodule_hyper_parameters`` (OpenAI mean/std when unset)."""
+    if not trust_pickle:
+        raise _refuse_ckpt(path)
+    ckpt = _read_ckpt(path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    class_path = class_path or hparams.get("_class_path")
+    if not class_path:
+        raise ValueError(
+            f"{path} has no hyper_parameters._class_path (not written by `zoo fit`); pass the "
+            "module class, e.g. --class-path lightning_modules.slip.SLIP"
+        )
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    spec = _inert_spec(kwargs.get("encoder"))
+    kwargs["encoder"] = copy.deepcopy(spec)
+    module = _import_class(class_path)(**kwargs)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    heads = {
+        name: child
+        for name, child in module.named_children()
+        if name != "encoder" and len(child.state_dict()) > 0
+    }
+    dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    tokenizer = str(dm.get("tokenizer") or CLIP_BPE)
+    return ExportSource(
+        encoder=module.encoder.eval(),
+        spec=spec,
+        preprocess=_datamodule_preprocess(dm, spec),
+        context_length=int(dm.get("context_length") or spec.text.context_length),
+        tokenizer=tokenizer,
+        heads={n: h.eval() for n, h in heads.items()},
+        paper=class_path.split(".")[-2] if class_path.count(".") >= 1 else class_path,
+        recipe=_find_recipe(path),
+        provenance={
+            "source_format": "lightning",
+            "class_path": class_path,
+            "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def from_hf_clip(path: Path) -> ExportSource:
+    """A Hugging Face CLIP folder; its tokenizer files, when present, are carried along."""
+    from transformers import CLIPConfig
+
+    encoder, pre = dual_encoder_from_hf_clip(path)
+    spec = hf_clip_spec(CLIPConfig.from_pretrained(path, local_files_only=True))
+    preprocess, context_length = _converter_preprocess(pre)
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    files = tuple(f for f in HF_TOKENIZER_FILES if (path / f).is_file())
+    return ExportSource(
+        encoder=encoder,
+        spec=_complete_converter_spec(spec, encoder),
+        preprocess=preprocess,
+        context_length=context_length,
+        tokenizer=str(path) if has_tokenizer else CLIP_BPE,
+        tokenizer_files=files if has_tokenizer else (),
+        provenance={"source_format": "hf-clip"},
+    )
+
+
+def from_openai(
+    path: Path,
+    trust_pickle: bool = False,
+    quick_gelu: bool = True,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> ExportSource:
+    """An OpenAI / open_clip CLIP ViT state dict (safetensors or torch file)."""
+    state = load_state_file(path, trust_pickle=trust_pickle)
+    spec = openai_clip_spec(state, quick_gelu, vision_heads, text_heads)
+    encoder, pre = dual_encoder_from_openai_state_dict(state, quick_gelu, vision_heads, text_heads)
+    preprocess, context_length = _converter_preprocess(pre)
+    return ExportSource(
+        encoder=encoder,
+        spec=_complete_converter_spec(spec, encoder),
+        preprocess=preprocess,
+        context_length=context_length,
+        provenance={"source_format": "openai", "quick_gelu": quick_gelu},
+    )
+
+
+def read_source(
+    path: str | Path,
+    fmt: SourceFormat = "auto",
+    trust_pickle: bool = False,
+    class_path: str | None = None,
+    quick_gelu: bool = True,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> ExportSource:
+    """Read any supported source (``fmt="auto"``: see :func:`detect_format`)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"export source not found: {path}")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "lightning":
+        return from_lightning(path, trust_pickle, class_path)
+    if fmt == "hf-clip":
+        return from_hf_clip(path)
+    if fmt == "openai":
+        return from_openai(path, trust_pickle, quick_gelu, vision_heads, text_heads)
+    raise ValueError(f"unknown source format {fmt!r} (auto, lightning, hf-clip, openai)")

@@ -1,0 +1,116 @@
+"""Model-folder weights: stable key prefixes, dtype casting, verified save and load.
+
+Keys: the dual encoder's state dict under ``backbone.`` (exactly ``DualEncoder.state_dict()``
+keys), every other trained module under ``head.<name>.`` (``head.ssl_head.layer1.weight``).
+Loading reads the file once, checks its sha256 against ``config.json`` and the ``.sha256``
+sidecar, and only then parses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.hub.config import digest_file_name
+from zoo.hub.security import (
+    UnsafeConfigError,
+    check_weights_format,
+    safe_child,
+    sha256_file,
+    verify_digest,
+)
+
+BACKBONE, HEAD = "backbone.", "head."
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` / ``torch.float16`` → ``torch.float16`` (float32, float16, bfloat16)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use one of {sorted(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def prefixed_state(encoder: nn.Module, heads: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """``backbone.*`` + ``head.<name>.*`` state of the encoder and heads."""
+    state = {BACKBONE + k: v for k, v in encoder.state_dict().items()}
+    for name, head in heads.items():
+        state.update({f"{HEAD}{name}.{k}": v for k, v in head.state_dict().items()})
+    return state
+
+
+def split_state(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, dict]]:
+    """Inverse of :func:`prefixed_state`: (backbone state, {head name: head state})."""
+    backbone: dict[str, Tensor] = {}
+    heads: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(BACKBONE):
+            backbone[key[len(BACKBONE) :]] = value
+        elif key.startswith(HEAD) and "." in key[len(HEAD) :]:
+            name, rest = key[len(HEAD) :].split(".", 1)
+            heads.setdefault(name, {})[rest] = value
+        else:
+            raise UnsafeConfigError(f"weight {key!r} has neither a backbone. nor a head. prefix")
+    return backbone, heads
+
+
+def cast_state(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """Floating tensors cast to ``dtype`` (integer buffers kept), detached, contiguous, on
+    CPU, each with its own storage (safetensors refuses shared tensors)."""
+    out = {}
+    for key, value in state.items():
+        value = value.detach().to("cpu")
+        if value.is_floating_point():
+            value = value.to(dtype)
+        out[key] = value.contiguous().clone()
+    return out
+
+
+def save_weights(path: Path, state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
+    """Write ``state`` as safetensors with ``metadata`` and its ``.sha256`` sidecar
+    (``sha256sum`` format); returns the hex digest."""
+    from safetensors.torch import save_file
+
+    save_file(dict(state), str(path), metadata={k: str(v) for k, v in metadata.items()})
+    digest = sha256_file(path)
+    path.with_name(digest_file_name(path.name)).write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_weights(
+    folder: Path, config: Mapping[str, Any], trust_pickle: bool = False
+) -> dict[str, Tensor]:
+    """The verified weights of a model folder (see the module docstring)."""
+    spec = config["weights"]
+    path = safe_child(folder, spec.get("file"), "weights.file")
+    check_weights_format(path, trust_pickle)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    sidecar = path.with_name(digest_file_name(path.name))
+    if path.suffix.lower() != ".safetensors":  # a trusted pickle: verify, then torch.load
+        verify_digest(path, spec.get("sha256"), sidecar)
+        from zoo.backbones.convert import load_state_file
+
+        return load_state_file(path, trust_pickle=True)
+    data = path.read_bytes()  # verify and parse the same bytes
+    verify_digest(path, spec.get("sha256"), sidecar, actual=hashlib.sha256(data).hexdigest())
+    from safetensors.torch import load as load_safetensors
+
+    return load_safetensors(data)
