@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lightning_modules.slip import SLIP
+from zoo.heads.norm import GlobalBatchNorm1d
 from zoo.losses import clip_infonce, nt_xent
 from zoo.optim import param_groups
 
@@ -93,10 +94,10 @@ def test_ssl_head_is_slip_bn_mlp_on_trunk_features():
     kinds = [type(m) for m in model.ssl_head]
     assert kinds == [
         nn.Linear,
-        nn.BatchNorm1d,
+        GlobalBatchNorm1d,
         nn.ReLU,
         nn.Linear,
-        nn.BatchNorm1d,
+        GlobalBatchNorm1d,
         nn.ReLU,
         nn.Linear,
     ]

@@ -49,7 +49,16 @@ def test_ema_update_rule():
 def test_projection_mlp_matches_slip_head_layout():
     head = ProjectionMLP(384, MLPSpec(hidden_dims=[4096, 4096], out_dim=256))
     kinds = [type(m).__name__ for m in head]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert kinds == [
+        "Linear",
+        "GlobalBatchNorm1d",
+        "ReLU",
+        "Linear",
+        "GlobalBatchNorm1d",
+        "ReLU",
+        "Linear",
+    ]
+    assert isinstance(head.bn1, nn.BatchNorm1d)  # SyncBN semantics, plain BN with one process
     assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [4096, 4096, 256]
     assert head[0].in_features == 384
     # hand computation in eval mode (BN uses running statistics)

@@ -8,7 +8,9 @@ from typing import Literal
 
 from torch import nn
 
-_NORMS = {"bn": nn.BatchNorm1d, "ln": nn.LayerNorm}
+from zoo.heads.norm import GlobalBatchNorm1d
+
+_NORMS = {"bn": nn.BatchNorm1d, "syncbn": GlobalBatchNorm1d, "ln": nn.LayerNorm}
 _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
@@ -16,18 +18,25 @@ _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 class MLPSpec:
     """``Linear → norm → act`` for each hidden width, then a final ``Linear``.
 
-    SLIP's SSL head is ``MLPSpec(hidden_dims=[4096, 4096], out_dim=256, norm="bn")``:
-    Linear(vw, 4096) → BN → ReLU → Linear(4096, 4096) → BN → ReLU → Linear(4096, 256).
-    ``last_norm`` appends a norm after the final linear (BarLIP-style projector). With DDP,
-    set ``trainer.sync_batchnorm: true`` to get SyncBN as in the paper.
+    SLIP's SSL head is ``MLPSpec(hidden_dims=[4096, 4096], out_dim=256)``:
+    Linear(vw, 4096) → SyncBN → ReLU → Linear(4096, 4096) → SyncBN → ReLU → Linear(4096, 256).
+    ``norm="syncbn"`` (default) normalises over the global batch under data parallelism on
+    any device (:class:`GlobalBatchNorm1d`; plain BN with one process); ``"bn"`` uses
+    per-rank statistics. ``last_norm`` appends a norm after the final linear (BarLIP-style).
     """
 
     hidden_dims: list[int] = field(default_factory=lambda: [4096, 4096])
     out_dim: int = 256
-    norm: Literal["bn", "ln", "none"] = "bn"
+    norm: Literal["syncbn", "bn", "ln", "none"] = "syncbn"
     act: Literal["relu", "gelu", "silu"] = "relu"
     bias: bool = True
     last_norm: bool = False
+
+
+def _norm_name(norm: str) -> str:
+    # both batch norms are "bn<i>" so state dicts load across them (and SLIP's no-decay
+    # keyword rule sees "bn")
+    return "bn" if norm == "syncbn" else norm
 
 
 class ProjectionMLP(nn.Sequential):
@@ -37,13 +46,13 @@ class ProjectionMLP(nn.Sequential):
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
             layers[f"layer{i}"] = nn.Linear(d_in, d_out, bias=spec.bias)
             if spec.norm != "none":
-                layers[f"{spec.norm}{i}"] = _NORMS[spec.norm](d_out)
+                layers[f"{_norm_name(spec.norm)}{i}"] = _NORMS[spec.norm](d_out)
             layers[f"{spec.act}{i}"] = (
                 _ACTS[spec.act](inplace=True) if spec.act == "relu" else _ACTS[spec.act]()
             )
         last = len(dims)
         layers[f"layer{last}"] = nn.Linear(dims[-1], spec.out_dim, bias=spec.bias)
         if spec.last_norm and spec.norm != "none":
-            layers[f"{spec.norm}{last}"] = _NORMS[spec.norm](spec.out_dim)
+            layers[f"{_norm_name(spec.norm)}{last}"] = _NORMS[spec.norm](spec.out_dim)
         super().__init__(layers)
         self.in_dim, self.out_dim = in_dim, spec.out_dim
