@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 log = logging.getLogger("zoo.data")
@@ -51,21 +54,66 @@ class ZooDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self._train_loader: Any = None  # the ResumableDataLoader, for state_dict()
+        self._train_loader_state: dict[str, Any] | None = None
 
     def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
+        """Eval loaders keep the dataset order. Map-style training data goes through
+        :class:`zoo.faults.ResumableDataLoader`: order a function of (seed, epoch), sample
+        randomness of (seed, epoch, index), position checkpointed, so a resumed run is
+        exact. Iterable (WebDataset) training data shuffles in its own buffer."""
         from zoo.data import collate_samples
 
-        iterable = isinstance(dataset, IterableDataset)
-        return DataLoader(
+        common: dict[str, Any] = {
+            "batch_size": batch_size or self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0 and train,
+            "collate_fn": collate_samples,
+        }
+        if train and not isinstance(dataset, IterableDataset):
+            return self._resumable_loader(dataset, common)
+        return DataLoader(dataset, shuffle=False, drop_last=train and self.drop_last, **common)
+
+    def _resumable_loader(self, dataset: Dataset, common: dict[str, Any]) -> DataLoader:
+        from zoo.faults import EpochSampler, ResumableDataLoader
+
+        # the seed seed_everything exported, as Lightning's own DistributedSampler uses
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        trainer = self.trainer
+        shard = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
+        sampler = EpochSampler(dataset, seed=seed, **shard)
+        loader = ResumableDataLoader(
             dataset,
-            batch_size=batch_size or self.batch_size,
-            shuffle=train and not iterable,
-            drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and train,
-            collate_fn=collate_samples,
+            sampler=sampler,
+            drop_last=self.drop_last,
+            # a private generator: iter() draws the workers' base seed from it, not from
+            # the global RNG the training step uses
+            generator=torch.Generator().manual_seed(seed),
+            **common,
         )
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
+
+    # The training loader's position travels in the datamodule's checkpoint state, not only
+    # in Lightning's own stateful-loader slot: Lightning 2.6 never loads the latter when
+    # configure_optimizers reads trainer.estimated_stepping_batches, as ZooModule does (the
+    # loader is built before the loop state is restored; Lightning issue #20550).
+    def state_dict(self) -> dict[str, Any]:
+        loader = self._train_loader
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        if self._train_loader is not None:  # strategies that restore after setup
+            self._train_loader.load_state_dict(state)
+        else:
+            self._train_loader_state = state
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
@@ -77,7 +125,11 @@ class ZooDataModule(L.LightningDataModule):
         (so the recipe's evaluation callbacks have an epoch to run in)."""
         if self.val_set is not None:
             return self._loader(self.val_set, train=False)
-        if self.trainer is not None and self.trainer.validating and self.has_eval_split("test"):
+        # state.fn, not trainer.validating: fit also sets ``validating`` when it builds the
+        # val loaders (on a resumed fit, which skips the sanity check), and fit must not
+        # start validating on the test split
+        validate = self.trainer is not None and self.trainer.state.fn == TrainerFn.VALIDATING
+        if validate and self.has_eval_split("test"):
             return self.eval_dataloader("test")
         return []
 

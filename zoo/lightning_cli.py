@@ -3,6 +3,11 @@
 Recipes name a ``ZooModule`` subclass under ``model:`` and a ``ZooDataModule`` subclass
 under ``data:`` by ``class_path``. jsonargparse checks every key and type before anything is
 built, so a typo fails at once and names the key.
+
+``fit`` also gets the fault handling of :mod:`zoo.faults`: a non-finite loss guard and
+per-step seeding (added unless the recipe lists them), pre-flight checks of the log and
+checkpoint directories (writable, disk not too full) before any step, and
+``--ckpt_path last`` resolved across the logger's version directories.
 """
 
 from __future__ import annotations
@@ -31,6 +36,41 @@ def _cli_class():
                 if not found:
                     raise
                 self.parser.error(found[0])
+            if self.subcommand == "fit":
+                from zoo.faults import add_fit_callbacks
+
+                add_fit_callbacks(self.trainer)
+
+        def before_fit(self) -> None:
+            from zoo.faults import preflight
+
+            self._resolve_last_checkpoint()
+            preflight(self.trainer, self.model)
+
+        def before_validate(self) -> None:
+            self._resolve_last_checkpoint()
+
+        def before_test(self) -> None:
+            self._resolve_last_checkpoint()
+
+        def _resolve_last_checkpoint(self) -> None:
+            """``--ckpt_path last``: Lightning looks only in this run's own (new, empty)
+            logger version folder and would silently start from scratch; look in all."""
+            import logging
+
+            from zoo.faults import find_last_checkpoint
+
+            config = self.config_init[self.subcommand]
+            if config.get("ckpt_path") != "last":
+                return
+            found = find_last_checkpoint(self.trainer)
+            log = logging.getLogger("zoo")
+            if found is None:
+                fresh = "training from scratch" if self.subcommand == "fit" else "fresh weights"
+                log.warning("--ckpt_path last: no last checkpoint found; %s", fresh)
+            else:
+                log.warning("--ckpt_path last: resuming from %s", found)
+            config["ckpt_path"] = None if found is None else str(found)
 
     return ZooCLI
 

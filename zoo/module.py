@@ -20,6 +20,7 @@ class ZooModule(L.LightningModule):
     def __init__(self, optim: OptimSpec | None = None):
         super().__init__()
         self.optim = to_spec(OptimSpec, optim)
+        self.last_loss_terms: dict[str, torch.Tensor] = {}
 
     # --- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -68,6 +69,14 @@ class ZooModule(L.LightningModule):
     def log_losses(
         self, losses: dict[str, torch.Tensor], prefix: str = "train", **kwargs: Any
     ) -> None:
-        """Log a dict of loss terms as ``{prefix}/{name}``; ``loss`` goes to the progress bar."""
+        """Log a dict of loss terms as ``{prefix}/{name}``; ``loss`` goes to the progress bar.
+
+        Training terms are also kept (detached, no host sync) as ``last_loss_terms``, so
+        :class:`zoo.faults.NonFiniteGuard` can name the terms that went NaN / Inf.
+        """
+        if prefix == "train":
+            self.last_loss_terms = {
+                k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in losses.items()
+            }
         for name, value in losses.items():
             self.log(f"{prefix}/{name}", value, prog_bar=(name == "loss"), **kwargs)

@@ -5,17 +5,26 @@ A sample is ``{"image": (3, H, W) float, "text": (L,) long, "caption": str, "lab
 image, caption tokens, aug1, aug2). Undecodable or missing images never stop training and
 are never dropped silently: they are logged (logger ``zoo.data``, rate-limited), counted
 per dataset, and reported in the ``"skipped"`` field of the sample that replaced them.
+
+Training randomness is a function of (seed, epoch, index) only: the training sampler
+(:class:`zoo.faults.EpochSampler`) hands out :class:`SampleKey` indices, and map-style
+datasets draw each sample's augmentations and caption choice from RNGs seeded by that key,
+whichever worker process reads it. That makes a resumed run see exactly the samples an
+uninterrupted one would (see :mod:`zoo.faults`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -77,6 +86,53 @@ class SkipCounter:
         return True
 
 
+class SampleKey(int):
+    """A dataset index that also carries the sampler's ``seed`` and ``epoch``.
+
+    It is an ``int`` (any dataset can index with it), so a dataset that knows it can derive
+    the sample's randomness from the key alone: no epoch has to be propagated into worker
+    processes (persistent or not), and no RNG state has to be checkpointed.
+    """
+
+    seed: int
+    epoch: int
+
+    def __new__(cls, index: int, seed: int, epoch: int) -> SampleKey:
+        key = super().__new__(cls, index)
+        key.seed, key.epoch = int(seed), int(epoch)
+        return key
+
+    def __reduce__(self) -> tuple:  # int subclasses would otherwise lose the attributes
+        return (SampleKey, (int(self), self.seed, self.epoch))
+
+    def __repr__(self) -> str:
+        return f"SampleKey({int(self)}, seed={self.seed}, epoch={self.epoch})"
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample: neighbouring (seed, epoch, index) triples
+    give unrelated streams (a plain sum would make epoch e+1 replay epoch e shifted)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU generator, ``random`` and ``numpy.random`` seeded by
+    ``seed``; the global states are restored afterwards (so the main process's RNG, e.g.
+    dropout in ``training_step`` with ``num_workers=0``, is never disturbed)."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def decode_image(data: bytes | str | Path, source: str | None = None) -> Image.Image:
     """Fully decode an image from bytes or a file; any failure becomes :class:`BadSample`."""
     source = source or (str(data) if not isinstance(data, bytes) else "<bytes>")
@@ -92,7 +148,8 @@ def decode_image(data: bytes | str | Path, source: str | None = None) -> Image.I
 
 def pick_caption(values: Sequence[Any]) -> str:
     """One caption among the non-empty ``values`` at random (SLIP YFCC15M: title or
-    description). Python's ``random`` is reseeded per DataLoader worker by torch/Lightning."""
+    description), drawn from Python's ``random``: seeded per sample for training keys (see
+    :func:`seeded_rng`), else as torch/Lightning seed it per DataLoader worker."""
     texts = [str(v) for v in values if v is not None and str(v).strip()]
     if not texts:
         return ""
@@ -146,6 +203,10 @@ class SkipReplaceDataset(Dataset):
     raising :class:`BadSample` for unreadable images. A sample's ``"skipped"`` is 1 when its
     own index was bad, so over one pass the ``"skipped"`` sum equals the number of bad files
     (bad neighbours tried on the way are logged, and counted when their own index comes).
+
+    Indexed with a :class:`SampleKey`, the read, augmentations and caption choice run under
+    :func:`seeded_rng` of ``sample_seed(key.seed, key.epoch, index)``: the sample is the same
+    in any worker, after any restart. Plain ``int`` indices use the ambient RNG, as before.
     """
 
     def __init__(self, name: str, builder: SampleBuilder):
@@ -168,6 +229,12 @@ class SkipReplaceDataset(Dataset):
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {self.name} of length {n}")
+        if isinstance(index, SampleKey):
+            with seeded_rng(sample_seed(index.seed, index.epoch, int(index) % n)):
+                return self._read_or_replace(int(index), n)
+        return self._read_or_replace(int(index), n)
+
+    def _read_or_replace(self, index: int, n: int) -> dict:
         for step in range(n):
             j = (index + step) % n
             try:

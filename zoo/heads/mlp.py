@@ -55,4 +55,4 @@ class ProjectionMLP(nn.Sequential):
         if spec.last_norm and spec.norm != "none":
             layers[f"{_norm_name(spec.norm)}{last}"] = _NORMS[spec.norm](spec.out_dim)
         super().__init__(layers)
-        self.in_dim, self.out_dim = in_dim, spec.out_dim
+        self.in_dim, self.out_dim, self.spec = in_dim, spec.out_dim, spec

@@ -1,8 +1,8 @@
 """Heads stored next to the backbone (``head.<name>.*``): describe and rebuild them.
 
 Only :class:`zoo.heads.ProjectionMLP` heads (type ``"projection_mlp"``, e.g. SLIP's
-``ssl_head``) are known; their :class:`MLPSpec` is read off the module's layers and checked
-by rebuilding it.
+``ssl_head``) are known; each keeps the :class:`MLPSpec` it was built from, checked here by
+rebuilding it.
 """
 
 from __future__ import annotations
@@ -17,24 +17,11 @@ from zoo.heads import MLPSpec, ProjectionMLP
 from zoo.specs import to_spec
 
 PROJECTION_MLP = "projection_mlp"
-_NORMS = {nn.BatchNorm1d: "bn", nn.LayerNorm: "ln"}
-_ACTS = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu"}
 
 
 def projection_mlp_spec(mlp: ProjectionMLP) -> MLPSpec:
-    """The :class:`MLPSpec` that builds ``mlp`` (verified by rebuilding it)."""
-    children = list(mlp.children())
-    linears = [m for m in children if isinstance(m, nn.Linear)]
-    norms = [_NORMS[type(m)] for m in children if type(m) in _NORMS]
-    acts = [_ACTS[type(m)] for m in children if type(m) in _ACTS]
-    spec = MLPSpec(
-        hidden_dims=[lin.out_features for lin in linears[:-1]],
-        out_dim=linears[-1].out_features,
-        norm=norms[0] if norms else "none",
-        act=acts[0] if acts else "relu",
-        bias=linears[0].bias is not None,
-        last_norm=type(children[-1]) in _NORMS,
-    )
+    """The :class:`MLPSpec` that built ``mlp`` (verified by rebuilding it)."""
+    spec = mlp.spec
     rebuilt = ProjectionMLP(mlp.in_dim, spec).state_dict()
     ours = mlp.state_dict()
     if rebuilt.keys() != ours.keys() or any(rebuilt[k].shape != v.shape for k, v in ours.items()):

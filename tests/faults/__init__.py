@@ -1,0 +1,1 @@
+"""Fault-tolerance tests that run and kill real ``zoo fit`` subprocesses."""
