@@ -1,0 +1,77 @@
+"""Tiny SLIP fitted with 2 gloo processes (DDP, CPU) and half the per-process batch equals
+1 process with the full batch: the same loss curve (1e-5) and the same final weights.
+
+Exact by construction: the sampler's order depends only on (seed, epoch) and rank r takes
+every r-th index, so the two ranks' batches together are the single process's batch;
+augmentations are seeded per sample; both losses gather with gradient (SLIP's CLIP term
+gathers without gradient by default, which is an approximation of the full-batch gradient,
+so this test switches it to ``with_grad``); the SSL head's batch norm uses global statistics.
+
+The runs use float64. In float32 the two runs agree to 1e-6 for the first steps, then
+AdamW amplifies reduction-order noise: parameters whose true gradient is zero or tiny (key
+biases under softmax, biases before batch norm) get noise of the size of Adam's eps, which
+Adam turns into steps of size lr with random sign. In float64 that noise is 1e-9 of eps.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit(tmp_path: Path, world: int) -> tuple[list[float], dict]:
+    out = tmp_path / f"w{world}"
+    history = out / "history.json"
+    args = [
+        sys.executable,
+        "-m",
+        "zoo",
+        "fit",
+        "--config",
+        str(ROOT / "recipes/slip/tiny.yaml"),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.devices",
+        str(world),
+        "--trainer.strategy",
+        "ddp" if world > 1 else "auto",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.callbacks+=tests.distributed.loss_history.LossHistory",
+        f"--trainer.callbacks.path={history}",
+        "--trainer.precision",
+        "64-true",
+        "--model.init_args.clip_gather",
+        "with_grad",
+        "--data.init_args.batch_size",
+        str(256 // world),
+        "--data.init_args.digits.cache_dir",
+        str(tmp_path / "digits"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(history.read_text())
+    assert record["world_size"] == world
+    return record["losses"], torch.load(history.with_suffix(".pt"))
+
+
+def test_two_process_ddp_equals_one_process_full_batch(tmp_path):
+    # build the digits cache once so both runs read the same files
+    single_losses, single_state = _fit(tmp_path, 1)
+    ddp_losses, ddp_state = _fit(tmp_path, 2)
+    assert len(single_losses) == len(ddp_losses) == 12  # 3 epochs x 4 steps of 256
+    assert single_losses[0] != pytest.approx(single_losses[-1])  # it trained
+    for step, (a, b) in enumerate(zip(single_losses, ddp_losses)):
+        assert a == pytest.approx(b, abs=1e-5), f"step {step}: {a} vs {b}"
+    assert single_state.keys() == ddp_state.keys()
+    for name, value in single_state.items():
+        torch.testing.assert_close(ddp_state[name], value, atol=1e-5, rtol=1e-5, msg=name)
