@@ -73,3 +73,42 @@ def test_projection_mlp_matches_slip_head_layout():
     h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
     expected = h.clamp_min(0) @ small.layer2.weight.T + small.layer2.bias
     torch.testing.assert_close(small(x), expected)
+
+
+def test_cpu_bf16_attention_uses_math_kernel_with_same_results():
+    from unittest import mock
+
+    from tests.papers._tiny import tiny_batch, tiny_encoder_spec
+    from zoo.backbones import build_dual_encoder
+    from zoo.backbones import dual_encoder as de
+
+    torch.manual_seed(0)
+    model = build_dual_encoder(tiny_encoder_spec()).eval()
+    batch = tiny_batch()
+    chosen = []
+    real = de.attention_kernels
+
+    def spy(x):
+        ctx = real(x)
+        chosen.append(type(ctx).__name__)
+        return ctx
+
+    with mock.patch.object(de, "attention_kernels", spy), torch.no_grad():
+        fp32 = model.encode_image(batch["image"])
+        assert chosen == ["nullcontext"]  # fp32: default kernels
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_math = model.encode_image(batch["image"]).float()
+            text_math = model.encode_text(batch["text"]).float()
+    amx = torch.cpu._is_amx_tile_supported()
+    if amx:
+        assert chosen[1:] == ["nullcontext"] * 2
+    else:  # the math kernel was selected for both towers
+        assert len(chosen) == 3 and "nullcontext" not in chosen[1:]
+    default = mock.patch.object(de, "attention_kernels", lambda x: de.nullcontext())
+    with default, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_default = model.encode_image(batch["image"]).float()
+        text_default = model.encode_text(batch["text"]).float()
+    # both kernels compute the same attention: bf16-level agreement, and close to fp32
+    torch.testing.assert_close(bf16_math, bf16_default, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(text_math, text_default, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(bf16_math, fp32, atol=0.1, rtol=0.1)
