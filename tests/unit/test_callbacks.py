@@ -1,0 +1,62 @@
+"""The compile switch compiles the named submodules in place and leaves results unchanged."""
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_modules.clip import CLIP
+from tests.papers._tiny import tiny_batch, tiny_encoder_spec
+from zoo.callbacks import CompileModules
+
+
+class _Data(L.LightningDataModule):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader([tiny_batch(seed=s) for s in range(2)], batch_size=None)
+
+
+def _fit(callbacks, tmp_path):
+    torch.manual_seed(0)
+    model = CLIP(encoder=tiny_encoder_spec())
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=_Data())
+    return model
+
+
+def test_unknown_module_is_a_clear_error(tmp_path):
+    with pytest.raises(AttributeError, match="has no 'encoder.nope'"):
+        _fit([CompileModules(modules=["encoder.nope"])], tmp_path)
+
+
+@pytest.mark.slow  # torch.compile on CPU builds C++ kernels: about a minute
+def test_compiled_fit_equals_eager_fit(tmp_path):
+    eager = _fit([], tmp_path)
+    callback = CompileModules()
+    compiled = _fit([callback], tmp_path)
+    assert callback.compiled == ["encoder"] and compiled.encoder._compiled_call_impl is not None
+    assert eager.state_dict().keys() == compiled.state_dict().keys()  # checkpoints unchanged
+    # compare what the models compute (weights in AdamW's zero-gradient directions, such as
+    # key biases, legitimately pick up different rounding noise)
+    batch = tiny_batch(seed=5)
+    eager.eval(), compiled.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compiled.encoder.encode_image(batch["image"]),
+            eager.encoder.encode_image(batch["image"]),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+        torch.testing.assert_close(
+            compiled.encoder.encode_text(batch["text"]),
+            eager.encoder.encode_text(batch["text"]),
+            atol=1e-4,
+            rtol=1e-4,
+        )
