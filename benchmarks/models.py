@@ -46,6 +46,17 @@ def build_zoo_clip(arch: Arch, seed: int = 0) -> Any:
     return CLIP(encoder=zoo_encoder_spec(arch))
 
 
+def without_pooled_last_block(module: Any) -> Any:
+    """A copy of a zoo CLIP module computing every row of both towers' last blocks (the
+    unpruned formulation, FLOP-for-FLOP what open_clip computes)."""
+    import copy
+
+    module = copy.deepcopy(module)
+    module.encoder.prune_visual = False
+    module.encoder.text.spec.pooled_last_block = False
+    return module
+
+
 def build_open_clip(arch: Arch, seed: int = 0) -> nn.Module:
     """open_clip's ``CLIP`` with the same widths, depths, heads, patch and context."""
     import open_clip

@@ -38,7 +38,12 @@ from benchmarks.contenders import (
     with_math_attention,
     zoo_plain_step,
 )
-from benchmarks.models import build_open_clip, build_zoo_clip, synthetic_batch
+from benchmarks.models import (
+    build_open_clip,
+    build_zoo_clip,
+    synthetic_batch,
+    without_pooled_last_block,
+)
 
 BF16 = torch.bfloat16
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
@@ -98,6 +103,8 @@ def measure_train_step(cfg: BenchConfig, ceilings: dict[str, float]) -> Section:
     init = copy.deepcopy(zoo32.state_dict())
     oc = build_open_clip(cfg.arch).to(dev)
     flops = step_flops(copy.deepcopy(zoo32.encoder), batch, zoo=True)
+    unpruned = without_pooled_last_block(zoo32)
+    full_flops = step_flops(copy.deepcopy(unpruned.encoder), batch, zoo=True)
     oc_flops = step_flops(copy.deepcopy(oc), batch, zoo=False)
 
     fp32 = fit(
@@ -105,6 +112,7 @@ def measure_train_step(cfg: BenchConfig, ceilings: dict[str, float]) -> Section:
         "32-true",
         {
             "torch": zoo_plain_step(zoo32, batch, total, None, dev),
+            "torch_unpruned": zoo_plain_step(unpruned, batch, total, None, dev),
             "open_clip": open_clip_step(copy.deepcopy(oc), batch, total, None, dev),
             "probe": matmul_probe(n, torch.float32, dev),
         },
@@ -132,6 +140,7 @@ def measure_train_step(cfg: BenchConfig, ceilings: dict[str, float]) -> Section:
     }
     sec = Section("train step")
     _rows(sec, cfg, fp32, bf16, fig, flops, oc_flops, ceilings)
+    _pruning_rows(sec, fp32, fig, flops, full_flops)
     adamw = adamw_times(zoo32.encoder, cfg)
     sec.add(
         "AdamW step fused / foreach / for-loop",
@@ -201,6 +210,25 @@ def _rows(sec, cfg, fp32: Times, bf16: Times, fig, flops, oc_flops, ceilings) ->
     )
     probe16 = 2 * n**3 / m16["probe"] / 1e9
     sec.add("frac_bf16_peak", fmt_ratio(fig["frac_bf16_peak"]), f"bf16 probe {probe16:.0f} GFLOP/s")
+
+
+def _pruning_rows(sec: Section, fp32: Times, fig: dict, flops: int, full_flops: int) -> None:
+    """What the pooled-row last block (zoo.backbones.pooled) contributes, measured with
+    the plain loop with and without it in the same rounds."""
+    gain = paired_ratio(fp32["torch_unpruned"], fp32["torch"])
+    sec.add(
+        "pooled-row last block: step gain",
+        f"{gain:.3f}× faster",
+        f"plain loop without it: {fmt_time(median(fp32['torch_unpruned']))}, "
+        f"{full_flops / 1e9:.0f} GFLOP/step ({1 - flops / full_flops:.1%} fewer with it)",
+    )
+    sec.add(
+        "speed_vs_open_clip at equal FLOPs",
+        fmt_ratio(fig["speed_vs_open_clip"] / gain),
+        "zoo without the pooled-row last block (chained through the plain loops)",
+    )
+    sec.summary["pooled_block_gain"] = round(gain, 3)
+    sec.summary["speed_vs_open_clip_unpruned"] = round(fig["speed_vs_open_clip"] / gain, 3)
 
 
 def _mfu(sec: Section, flops: int, step_s: float, tag: str) -> None:

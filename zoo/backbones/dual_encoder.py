@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.backbones.pooled import timm_vit_pooled_forward, timm_vit_prunable
 from zoo.backbones.text import CLIPTextTower, TextSpec
 from zoo.backbones.vision import VisionSpec, build_vision_tower
 
@@ -65,9 +66,12 @@ class DualEncoder(nn.Module):
         embed_dim: int,
         logit_scale_init: float = LOG_INV_007,
         logit_scale_max: float = LOG_100,
+        pooled_last_block: bool = True,
     ):
         super().__init__()
         self.visual = visual
+        # Last vision block on the class token only (zoo.backbones.pooled): same output.
+        self.prune_visual = pooled_last_block and timm_vit_prunable(visual)
         self.text = text
         self.vision_width = int(visual.num_features)
         self.text_width = int(text.width)
@@ -86,6 +90,8 @@ class DualEncoder(nn.Module):
 
     def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
         with attention_kernels(images):
+            if self.prune_visual:
+                return timm_vit_pooled_forward(self.visual, images)
             return self.visual(images)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -125,4 +131,5 @@ def build_dual_encoder(spec: DualEncoderSpec) -> DualEncoder:
         spec.embed_dim,
         spec.logit_scale_init,
         spec.logit_scale_max,
+        spec.vision.pooled_last_block,
     )

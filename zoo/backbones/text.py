@@ -3,6 +3,8 @@
 Pooling follows OpenAI CLIP and SLIP: the feature at the EOT token, found as the argmax of
 the token ids (EOT has the largest id in the CLIP BPE vocabulary), after ``final_layer_norm``.
 ``pooling="eos"`` takes the first ``eos_token_id`` instead (current Hugging Face behaviour).
+``pooled_last_block`` (default on) runs the last layer at the pooled rows only: the same
+features with 1/layers less compute (``zoo.backbones.pooled``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from zoo.backbones.pooled import clip_text_layer_at, clip_text_layer_prunable
 
 
 @dataclass
@@ -29,6 +33,7 @@ class TextSpec:
     eos_token_id: int = 49407
     pooling: Literal["argmax", "eos"] = "argmax"
     attn_implementation: str = "sdpa"
+    pooled_last_block: bool = True
 
 
 class CLIPTextTower(nn.Module):
@@ -86,6 +91,12 @@ class CLIPTextTower(nn.Module):
         mask = create_causal_mask(
             config=self.model.config, inputs_embeds=hidden, attention_mask=None, cache=None
         )
+        layers = self.model.encoder.layers
+        if self.spec.pooled_last_block and len(layers) and clip_text_layer_prunable(layers[-1]):
+            # The last layer runs at the EOT rows only (zoo.backbones.pooled): same output.
+            for layer in layers[:-1]:
+                hidden = layer(hidden, mask, is_causal=True)
+            return self.model.final_layer_norm(clip_text_layer_at(layers[-1], hidden, eot_index))
         hidden = self.model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True)
         hidden = self.model.final_layer_norm(hidden.last_hidden_state)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_index]

@@ -19,7 +19,8 @@ class VisionSpec:
     so ``vit_small_patch16_224`` with ``num_heads=12`` is the MoCo-v3 ViT-S/16 that SLIP uses,
     and ``patch_size=4, embed_dim=32, depth=1, img_size=16`` is a test-sized ViT.
     ``checkpoint`` is a local file (safetensors or a torch state dict) loaded into the tower;
-    nothing is ever downloaded.
+    nothing is ever downloaded. ``pooled_last_block`` lets :class:`DualEncoder` run the last
+    block on the class token only (``zoo.backbones.pooled``; same features, less compute).
     """
 
     model_name: str = "vit_small_patch16_224"
@@ -33,6 +34,7 @@ class VisionSpec:
     norm_eps: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    pooled_last_block: bool = True
 
 
 def build_vision_tower(spec: VisionSpec) -> nn.Module:
