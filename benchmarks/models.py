@@ -52,7 +52,7 @@ def without_pooled_last_block(module: Any) -> Any:
     import copy
 
     module = copy.deepcopy(module)
-    module.encoder.prune_visual = False
+    module.encoder.pooled_last_block = False
     module.encoder.text.spec.pooled_last_block = False
     return module
 

@@ -23,8 +23,13 @@ class ZooModule(L.LightningModule):
         self.last_loss_terms: dict[str, torch.Tensor] = {}
 
     # --- optimisation -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Runs before the strategy wraps the model: sharding strategies (FSDP) flatten the
+        # parameters afterwards, and the weight-decay rule needs their true shapes.
+        self._param_ndims = {p: p.ndim for p in self.parameters()}
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_adamw(self, self.optim)
+        optimizer = build_adamw(self, self.optim, getattr(self, "_param_ndims", None))
         total = int(self.trainer.estimated_stepping_batches)
         epochs = (
             self.trainer.max_epochs

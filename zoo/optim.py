@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -33,25 +33,40 @@ class OptimSpec:
     fused: bool | None = None
 
 
-def is_no_decay(name: str, param: torch.Tensor, keywords: Iterable[str]) -> bool:
-    return param.ndim < 2 or any(k in name for k in keywords)
+def is_no_decay(
+    name: str, param: torch.Tensor, keywords: Iterable[str], ndim: int | None = None
+) -> bool:
+    """SLIP's rule: no weight decay for 1-D parameters (biases, norm gains, the logit scale)
+    and names containing a keyword. ``ndim`` overrides ``param.ndim`` (see :func:`param_groups`)."""
+    return (param.ndim if ndim is None else ndim) < 2 or any(k in name for k in keywords)
 
 
-def param_groups(model: nn.Module, spec: OptimSpec) -> list[dict]:
-    """Split trainable parameters into a decayed and a non-decayed group (frozen ones skipped)."""
+def param_groups(
+    model: nn.Module, spec: OptimSpec, ndims: Mapping[nn.Parameter, int] | None = None
+) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group (frozen ones skipped).
+
+    ``ndims`` gives parameters' true dimensionality where ``param.ndim`` no longer shows it:
+    under FSDP (``use_orig_params=True``) each parameter is a flat 1-D view of its shard when
+    the optimiser is built, so every weight matrix would otherwise lose its weight decay.
+    """
+    ndims = ndims or {}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if is_no_decay(name, p, spec.no_decay_keywords) else decay).append(p)
+        no = is_no_decay(name, p, spec.no_decay_keywords, ndims.get(p))
+        (no_decay if no else decay).append(p)
     return [
         {"params": decay, "weight_decay": spec.weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
 
 
-def build_adamw(model: nn.Module, spec: OptimSpec) -> torch.optim.AdamW:
-    groups = [g for g in param_groups(model, spec) if g["params"]]
+def build_adamw(
+    model: nn.Module, spec: OptimSpec, ndims: Mapping[nn.Parameter, int] | None = None
+) -> torch.optim.AdamW:
+    groups = [g for g in param_groups(model, spec, ndims) if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameters")
     fused = spec.fused

@@ -13,55 +13,22 @@ biases under softmax, biases before batch norm) get noise of the size of Adam's 
 Adam turns into steps of size lr with random sign. In float64 that noise is 1e-9 of eps.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from ._tiny_fit import fit_tiny_slip
 
 
-def _fit(tmp_path: Path, world: int) -> tuple[list[float], dict]:
-    out = tmp_path / f"w{world}"
-    history = out / "history.json"
-    args = [
-        sys.executable,
-        "-m",
-        "zoo",
-        "fit",
-        "--config",
-        str(ROOT / "recipes/slip/tiny.yaml"),
-        "--trainer.max_epochs",
-        "3",
-        "--trainer.devices",
-        str(world),
-        "--trainer.strategy",
+def _fit(tmp_path, world: int) -> tuple[list[float], dict]:
+    record, state, _ = fit_tiny_slip(
+        tmp_path,
+        f"w{world}",
+        world,
         "ddp" if world > 1 else "auto",
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.callbacks+=tests.distributed.loss_history.LossHistory",
-        f"--trainer.callbacks.path={history}",
-        "--trainer.precision",
-        "64-true",
-        "--model.init_args.clip_gather",
-        "with_grad",
-        "--data.init_args.batch_size",
-        str(256 // world),
-        "--data.init_args.digits.cache_dir",
-        str(tmp_path / "digits"),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(history.read_text())
-    assert record["world_size"] == world
-    return record["losses"], torch.load(history.with_suffix(".pt"))
+        epochs=3,
+        overrides=["--trainer.precision", "64-true"],
+    )
+    return record["losses"], state
 
 
 def test_two_process_ddp_equals_one_process_full_batch(tmp_path):

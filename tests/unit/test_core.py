@@ -112,3 +112,19 @@ def test_cpu_bf16_attention_uses_math_kernel_with_same_results():
     torch.testing.assert_close(bf16_math, bf16_default, atol=0.05, rtol=0.05)
     torch.testing.assert_close(text_math, text_default, atol=0.05, rtol=0.05)
     torch.testing.assert_close(bf16_math, fp32, atol=0.1, rtol=0.1)
+
+
+def test_logit_scale_is_a_vector_and_scalar_checkpoints_still_load():
+    """FSDP cannot shard 0-d parameters, so the dual encoder holds t with shape (1,); 0-d
+    logit scales (older zoo checkpoints, OpenAI / HF layouts) load into it. (The OpenAI
+    export writes OpenAI's 0-d scalar: test_converters compares it tensor for tensor.)"""
+    from tests.papers._tiny import tiny_encoder_spec
+    from zoo.backbones import build_dual_encoder
+
+    encoder = build_dual_encoder(tiny_encoder_spec())
+    assert all(p.dim() >= 1 for p in encoder.parameters())
+    assert encoder.logit_scale.shape == (1,)
+    state = encoder.state_dict()
+    state["logit_scale"] = torch.tensor(2.5)
+    encoder.load_state_dict(state)
+    assert encoder.logit_scale.tolist() == [2.5]

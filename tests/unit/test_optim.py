@@ -58,6 +58,32 @@ def test_weight_decay_groups_follow_slip_rule():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 
+def test_true_shapes_keep_the_rule_when_parameters_are_flattened():
+    """FSDP (use_orig_params) turns every parameter into a flat 1-D shard before the
+    optimiser is built; the shapes recorded beforehand keep weight matrices decayed."""
+    model = _Toy()
+    spec = OptimSpec(weight_decay=0.1)
+    expected = [len(g["params"]) for g in param_groups(model, spec)]
+    true_ndims = {p: p.ndim for p in model.parameters()}
+    for p in model.parameters():
+        p.data = p.data.reshape(-1)  # what FSDP does to the original parameters
+    flattened = [len(g["params"]) for g in param_groups(model, spec)]
+    assert flattened[0] == 0  # without the true shapes nothing would be decayed
+    assert [len(g["params"]) for g in param_groups(model, spec, true_ndims)] == expected
+
+
+def test_module_records_shapes_before_the_strategy_wraps_it():
+    import lightning as L
+
+    from lightning_modules.clip import CLIP
+    from tests.papers._tiny import tiny_encoder_spec
+
+    module = CLIP(encoder=tiny_encoder_spec())
+    module.setup("fit")  # Lightning calls it before the strategy's setup (wrapping)
+    assert module._param_ndims[module.encoder.image_projection] == 2
+    assert isinstance(module, L.LightningModule)
+
+
 def test_keyword_rule_catches_2d_params_named_ln():
     model = nn.Module()
     model.ln_proj = nn.Parameter(torch.randn(3, 3))

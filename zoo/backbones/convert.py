@@ -290,7 +290,7 @@ def _hf_state_to_zoo(state: Mapping[str, Tensor], vision_layers: int) -> dict[st
             out[f"{zoo}attn.qkv.{kind}"] = torch.cat(qkv, dim=0)
     out["image_projection"] = src.pop("visual_projection.weight").T
     out["text_projection"] = src.pop("text_projection.weight").T
-    out["logit_scale"] = src.pop("logit_scale").reshape(())
+    out["logit_scale"] = src.pop("logit_scale").reshape(1)
     for key in [k for k in src if k.startswith("text_model.")]:
         out["text.model." + key.removeprefix("text_model.")] = src.pop(key)
     if src:
@@ -482,7 +482,7 @@ def _openai_state_to_zoo(
     """Map an OpenAI-layout state dict to zoo keys; unmapped keys are an error."""
     src = {k: v for k, v in state.items() if k not in _OPENAI_METADATA_KEYS}
     out = {zoo: src.pop(openai) for openai, zoo in _openai_key_pairs(vision_layers, text_layers)}
-    out["logit_scale"] = out["logit_scale"].reshape(())
+    out["logit_scale"] = out["logit_scale"].reshape(1)
     for i in range(text_layers):
         src_block, dst = (
             f"transformer.resblocks.{i}.attn.",
@@ -553,6 +553,7 @@ def export_openai_state_dict(model: DualEncoder) -> dict[str, Tensor]:
     zoo = {k: v.detach().clone() for k, v in model.state_dict().items()}
     vision_layers, text_layers = len(visual.blocks), model.text.model.config.num_hidden_layers
     out = {openai: zoo.pop(key) for openai, key in _openai_key_pairs(vision_layers, text_layers)}
+    out["logit_scale"] = out["logit_scale"].reshape(())  # a 0-d scalar in OpenAI's layout
     out["visual.class_embedding"] = out["visual.class_embedding"].reshape(-1)
     out["visual.positional_embedding"] = out["visual.positional_embedding"].reshape(
         -1, model.vision_width

@@ -7,7 +7,8 @@ open_clip weights) is a :class:`DualEncoder`:
 - ``encode_image(x)`` = ``image_trunk(x) @ image_projection`` (width ``embed_dim``);
 - ``encode_text(tokens)`` = ``text(tokens) @ text_projection``;
 - ``encode_text_embeddings(embeds, eot_index)`` for prompt learners;
-- ``logit_scale``: the learnable log-temperature t, s = exp(t), clamped to t ≤ ``logit_scale_max``.
+- ``logit_scale``: the learnable log-temperature t (shape (1,)), s = exp(t), clamped to
+  t ≤ ``logit_scale_max``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,7 @@ class DualEncoder(nn.Module):
     ):
         super().__init__()
         self.visual = visual
-        # Last vision block on the class token only (zoo.backbones.pooled): same output.
-        self.prune_visual = pooled_last_block and timm_vit_prunable(visual)
+        self.pooled_last_block = pooled_last_block
         self.text = text
         self.vision_width = int(visual.num_features)
         self.text_width = int(text.width)
@@ -82,11 +82,21 @@ class DualEncoder(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(self.text_width, embed_dim))
         nn.init.normal_(self.image_projection, std=self.vision_width**-0.5)
         nn.init.normal_(self.text_projection, std=self.text_width**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        # Shape (1,), not a 0-d scalar: FSDP (1 and 2) cannot shard 0-d parameters. Scalar
+        # logit scales in older checkpoints and other layouts load through the hook below.
+        self.logit_scale = nn.Parameter(torch.full((1,), float(logit_scale_init)))
+        self.register_load_state_dict_pre_hook(_logit_scale_as_vector)
 
     @property
     def context_length(self) -> int:
         return self.text.context_length
+
+    @property
+    def prune_visual(self) -> bool:
+        """Whether the last vision block runs on the class token only (zoo.backbones.pooled).
+        Checked at call time: a sharding wrapper around the last block (FSDP auto-wrap)
+        owns its weights, so the tower then runs its unmodified forward."""
+        return self.pooled_last_block and timm_vit_prunable(self.visual)
 
     def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
         with attention_kernels(images):
@@ -122,6 +132,12 @@ class DualEncoder(nn.Module):
     def clamp_logit_scale(self) -> None:
         """SLIP (main.py): after each optimiser step, t ← clamp(t, 0, 4.6052)."""
         self.logit_scale.clamp_(0, self.logit_scale_max)
+
+
+def _logit_scale_as_vector(module, state_dict, prefix, *args) -> None:
+    key = prefix + "logit_scale"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
 
 
 def build_dual_encoder(spec: DualEncoderSpec) -> DualEncoder:

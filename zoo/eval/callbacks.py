@@ -14,7 +14,8 @@ kNN memory bank, the test split is scored. When it runs:
   last epoch was just evaluated).
 
 Only global rank 0 computes; the other ranks wait at ``trainer.strategy.barrier()`` and
-receive the results by broadcast. Metrics ``eval/<protocol>_<metric>`` (percent) go to
+receive the results by broadcast. Under FSDP every rank gathers the full parameters and runs
+the same passes (``zoo.eval.sharding``); rank 0's results are published. Metrics ``eval/<protocol>_<metric>`` (percent) go to
 ``trainer.loggers`` (``log_metrics(..., step=trainer.global_step)``), ``self.results`` and
 ``trainer.callback_metrics``, and one summary line is printed. Train/eval flags of every
 submodule are restored afterwards. With ``fast_dev_run=n`` only n batches per split are
@@ -38,6 +39,7 @@ from zoo.eval.features import encode_text_batched, eval_mode, extract_features
 from zoo.eval.knn import knn_accuracy
 from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
 from zoo.eval.retrieval import retrieval_recall
+from zoo.eval.sharding import gathered_parameters, parameter_sharding
 from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
 
 Feature = Literal["trunk", "embed"]
@@ -88,19 +90,28 @@ class EvalCallback(Callback):
 
     # ---------------------------------------------------------------- machinery
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Evaluate on rank 0, synchronise, publish; returns the ``eval/…`` metrics."""
+        """Evaluate on rank 0 (every rank under FSDP), synchronise, publish; returns the
+        ``eval/…`` metrics."""
         results: dict[str, float] = {}
-        if trainer.is_global_zero:
+        sharding = parameter_sharding(trainer)
+        if sharding == "unsupported":
+            self._skip(
+                f"the parameters are sharded by {type(trainer.strategy).__name__} in a way "
+                "the evaluation callbacks cannot gather (FSDP2 / DeepSpeed ZeRO-3); evaluate "
+                "the saved checkpoint with `zoo test` on one device or with DDP"
+            )
+        elif sharding == "fsdp" or trainer.is_global_zero:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
                 rank_zero_warn(f"{type(self).__name__}: needs a datamodule with eval_dataloader")
             else:
-                with eval_mode(pl_module):
+                with gathered_parameters(trainer, sharding), eval_mode(pl_module):
                     out = self.evaluate(trainer, pl_module, datamodule)
                 if out is not None:
                     metrics, summary = out
                     results = {f"eval/{k}": float(v) for k, v in metrics.items()}
-                    print(summary, flush=True)
+                    if trainer.is_global_zero:
+                        print(summary, flush=True)
         trainer.strategy.barrier(f"zoo.eval.{type(self).__name__}")
         results = trainer.strategy.broadcast(results, src=0)
         if results:
