@@ -57,6 +57,7 @@ class BenchConfig:
     loss_worlds: tuple[int, ...] = (1, 2, 4)
     loss_repeats: int = 5
     data_images: int = 512
+    table_rows: int = 1_000_000
     data_batch: int = 64
     data_workers: tuple[int, ...] = (0, 1, 2)
     data_image_px: int = 256
@@ -83,6 +84,7 @@ def quick() -> BenchConfig:
         loss_global_batch=512,
         loss_repeats=3,
         data_images=256,
+        table_rows=200_000,
         startup_repeats=3,
         parity_seeds=(0,),
         parity_epochs=10,

@@ -21,7 +21,7 @@ from benchmarks.common import Section
 from benchmarks.config import BenchConfig, full, gpu, quick
 from benchmarks.report import machine_section, render_table, summary_line, write_json
 
-SECTIONS = ("startup", "ceiling", "train", "zeroshot", "loss", "data", "parity")
+SECTIONS = ("startup", "ceiling", "train", "zeroshot", "loss", "data", "table", "parity")
 GPU_SECTIONS = ("ceiling", "train", "zeroshot", "data")
 
 
@@ -67,6 +67,12 @@ def _data(cfg: BenchConfig, state: dict[str, Any]) -> Section:
     return measure_data_pipeline(cfg, state.get("demand", {}))
 
 
+def _table(cfg: BenchConfig, state: dict[str, Any]) -> Section:
+    from benchmarks.table_memory import measure_table_memory
+
+    return measure_table_memory(cfg)
+
+
 def _parity(cfg: BenchConfig, state: dict[str, Any]) -> Section:
     from benchmarks.parity import measure_parity
 
@@ -80,6 +86,7 @@ RUNNERS: dict[str, Callable[[BenchConfig, dict[str, Any]], Section]] = {
     "zeroshot": _zeroshot,
     "loss": _loss,
     "data": _data,
+    "table": _table,
     "parity": _parity,
 }
 

@@ -79,3 +79,17 @@ def test_tiny_models_and_batch_agree():
     for model in (zoo, oc):
         z_i, z_t, scale = model(batch["image"], batch["text"])
         assert z_i.shape == z_t.shape == (3, 16)
+
+
+def test_table_memory_section_shows_packed_columns_are_not_copied_into_workers():
+    """Measured property (not timing): a forked reader copies the Python-list table's
+    pages but not the packed columns'."""
+    from dataclasses import replace
+
+    from benchmarks.config import quick
+    from benchmarks.table_memory import measure_table_memory
+
+    sec = measure_table_memory(replace(quick(), table_rows=50_000))
+    s = sec.summary
+    assert s["table_held_mib_packed"] < s["table_held_mib_lists"]
+    assert s["table_worker_copy_mib_packed"] < 0.25 * s["table_worker_copy_mib_lists"]

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from zoo.data.columns import read_table_columns
 from zoo.data.samples import (
     BadSample,
     SampleBuilder,
@@ -50,29 +49,6 @@ def _check_columns(
 _LABEL_HINT = " (pass label_key=None for data without labels)"
 
 
-def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows of a ``.csv`` / ``.tsv`` / ``.jsonl`` file."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
-    if suffix in (".jsonl", ".ndjson"):
-        rows, columns = [], {}
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exn:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({exn})") from None
-                columns.update(dict.fromkeys(rows[-1]))
-        return list(columns), rows
-    raise ValueError(f"unsupported table format {path.suffix!r} for {path} (.csv, .tsv, .jsonl)")
-
-
 class ImageTextTable(SkipReplaceDataset):
     """Rows of a CSV / TSV / JSONL table: an image path (relative to ``image_root``, default
     the table's folder, or absolute), one or more caption columns and an optional label.
@@ -100,22 +76,18 @@ class ImageTextTable(SkipReplaceDataset):
         )
         self.image_root = Path(image_root) if image_root is not None else self.table.parent
         self.caption_keys = _as_keys(caption_keys)
-        columns, rows = read_table(self.table)
-        _check_columns(columns, [image_key, *self.caption_keys], str(self.table))
-        if label_key is not None:
-            _check_columns(columns, [label_key], str(self.table), _LABEL_HINT)
-        # Plain lists of str/int: cheap to copy into workers (no per-row dicts).
-        self.images = [str(row.get(image_key) or "") for row in rows]
-        self.captions = [tuple(row.get(k) for k in self.caption_keys) for row in rows]
-        self.labels = [self._label(row, label_key, n) for n, row in enumerate(rows)]
 
-    def _label(self, row: dict, key: str | None, n: int) -> int:
-        try:
-            return parse_label(row.get(key)) if key else -1
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{self.table}: row {n}: label {row.get(key)!r} is not an integer"
-            ) from None
+        def check(columns: list[str]) -> None:
+            _check_columns(columns, [image_key, *self.caption_keys], str(self.table))
+            if label_key is not None:
+                _check_columns(columns, [label_key], str(self.table), _LABEL_HINT)
+
+        # Packed columns, not lists of str: workers share them without copy-on-access.
+        packed, self.labels = read_table_columns(
+            self.table, [image_key, *self.caption_keys], label_key, check
+        )
+        self.images = packed[image_key]
+        self.captions = [packed[k] for k in self.caption_keys]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,7 +96,8 @@ class ImageTextTable(SkipReplaceDataset):
         if not self.images[index]:
             raise BadSample(f"{self.table} row {index}", "empty image path")
         path = self.image_root / self.images[index]  # an absolute path stays absolute
-        return decode_image(path), pick_caption(self.captions[index]), self.labels[index]
+        captions = [column[index] for column in self.captions]
+        return decode_image(path), pick_caption(captions), int(self.labels[index])
 
 
 def _infer_builder(source: Path | list[Path]) -> str:
