@@ -109,16 +109,20 @@ TABLE_START, TABLE_END = "<!-- papers-table:start -->", "<!-- papers-table:end -
 
 
 def _reproduced_summary(entries: list[dict[str, Any]]) -> str:
-    """Top-1 results of plain recipe runs; runs with command-line overrides (controls,
-    ablations) are listed in the paper's own README only."""
-    parts = []
-    for e in entries:
+    """The newest top-1 result per (recipe, metric) of plain recipe runs; runs with
+    command-line overrides (controls, ablations) and older records are listed in the paper's
+    own README only."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in entries:  # appended in time order: a later record replaces an earlier one
         metric = str(e.get("metric", "")).removeprefix("eval/")
         if not metric.endswith("top1") or " -- " in str(e.get("command", "")):
             continue
-        parts.append(
-            f"{metric} {e.get('mean', 0):.1f} ± {e.get('std', 0):.1f} ({e.get('recipe', '')}, {len(e.get('seeds', []))} seeds)"
-        )
+        latest[(str(e.get("recipe", "")), metric)] = e
+    parts = [
+        f"{metric} {e.get('mean', 0):.1f} ± {e.get('std', 0):.1f} "
+        f"({recipe}, {len(e.get('seeds', []))} seeds, `{str(e.get('commit', ''))[:7]}`)"
+        for (recipe, metric), e in latest.items()
+    ]
     return "; ".join(parts) or "–"
 
 

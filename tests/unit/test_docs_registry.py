@@ -69,3 +69,27 @@ def test_unknown_paper_and_command_fail_clearly():
     assert out.returncode != 0 and "unknown paper 'nope'" in out.stderr
     out = _run_zoo("frobnicate")
     assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+def test_papers_table_shows_the_newest_plain_record_per_metric():
+    from zoo.docs import _reproduced_summary
+
+    def entry(mean, commit, command="python -m zoo reproduce recipes/x/tiny.yaml --seeds 3"):
+        return {
+            "recipe": "tiny.yaml",
+            "metric": "eval/zeroshot_top1",
+            "mean": mean,
+            "std": 1.0,
+            "seeds": [0, 1, 2],
+            "commit": commit,
+            "command": command,
+        }
+
+    entries = [
+        entry(10.0, "aaaaaaa1"),
+        entry(99.0, "ccccccc3", command="python -m zoo reproduce r --seeds 3 -- --x 1"),  # control
+        entry(20.0, "bbbbbbb2"),
+    ]
+    assert (
+        _reproduced_summary(entries) == "zeroshot_top1 20.0 ± 1.0 (tiny.yaml, 3 seeds, `bbbbbbb`)"
+    )
