@@ -27,6 +27,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_TIMM_ATTENTION_ATTRS = (
+    "num_heads",
+    "head_dim",
+    "q_norm",
+    "k_norm",
+    "norm",
+    "proj",
+    "proj_drop",
+    "attn_drop",
+)
+_TIMM_BLOCK_ATTRS = ("norm1", "norm2", "mlp", "ls1", "ls2", "drop_path1", "drop_path2")
+_CLIP_ATTENTION_ATTRS = (
+    "num_heads",
+    "head_dim",
+    "scale",
+    "dropout",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+)
+
 
 def timm_vit_prunable(model: nn.Module) -> bool:
     """Whether ``model`` is a plain timm ViT pooled by its class token."""
@@ -36,13 +58,16 @@ def timm_vit_prunable(model: nn.Module) -> bool:
         return False
     last = model.blocks[-1]
     return (
-        model.global_pool == "token"
-        and model.attn_pool is None
-        and model.num_prefix_tokens >= 1
+        getattr(model, "global_pool", None) == "token"
+        and getattr(model, "attn_pool", None) is None
+        and getattr(model, "num_prefix_tokens", 0) >= 1
         and type(last) is Block
         and type(last.attn) is Attention
         and getattr(last.attn, "gate", None) is None
-        and type(last.attn.qkv) is nn.Linear
+        and type(getattr(last.attn, "qkv", None)) is nn.Linear
+        # the attributes this module reads (timm versions differ; otherwise run it unmodified)
+        and all(hasattr(last.attn, a) for a in _TIMM_ATTENTION_ATTRS)
+        and all(hasattr(last, a) for a in _TIMM_BLOCK_ATTRS)
     )
 
 
@@ -86,7 +111,11 @@ def _timm_block_on_class_token(block: nn.Module, x: torch.Tensor) -> torch.Tenso
 def clip_text_layer_prunable(layer: nn.Module) -> bool:
     from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-    return type(layer) is CLIPEncoderLayer and type(layer.self_attn) is CLIPAttention
+    return (
+        type(layer) is CLIPEncoderLayer
+        and type(layer.self_attn) is CLIPAttention
+        and all(hasattr(layer.self_attn, a) for a in _CLIP_ATTENTION_ATTRS)
+    )
 
 
 def clip_text_layer_at(layer: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
