@@ -1,4 +1,4 @@
-"""Data pipeline throughput: the zoo's WebDataset and CSV readers with JPEG decode plus
+"""Data pipeline throughput: the zoo's WebDataset (streamed, and read by index) and CSV readers with JPEG decode plus
 SLIP's augmentations (1 CLIP view + 2 SimCLR views) and CLIP-BPE tokenisation, batched by
 the zoo's DataLoader settings, at 0, 1 and 2 workers; compared with the step's demand.
 
@@ -59,6 +59,10 @@ def _dataset(fmt: str, table: Path, url: str, cfg: BenchConfig):
     }
     if fmt == "csv":
         return ImageTextTable(table, **common)
+    if fmt == "wds_indexed":
+        from zoo.data.indexed_shards import IndexedShards
+
+        return IndexedShards(url, **common)
     return image_text_webdataset(url, shuffle=0, **common)
 
 
@@ -87,7 +91,7 @@ def measure_data_pipeline(cfg: BenchConfig, demand: dict[str, float]) -> Section
     best = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         table, url = write_dataset(Path(tmp), cfg.data_images, cfg.data_image_px)
-        for fmt in ("wds", "csv"):
+        for fmt in ("wds", "wds_indexed", "csv"):
             for workers in cfg.data_workers:
                 steady, cold = loader_rate(_dataset(fmt, table, url, cfg), cfg.data_batch, workers)
                 best = max(best, steady)

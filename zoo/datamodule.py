@@ -200,7 +200,10 @@ class ImageTextDataModule(ZooDataModule):
     text files, or ``builtin:imagenet`` / ``builtin:openai_imagenet`` (the ImageNet class
     names and OpenAI's 80 prompt templates, as shipped with open_clip).
     ``num_views`` extra views with the ``view_transform`` stack are added to each sample
-    (SLIP: 2 SimCLR views). WebDataset sources need ``epoch_samples`` (samples per epoch).
+    (SLIP: 2 SimCLR views). WebDataset shards that are local files are read by index
+    (``wds_access: auto``/``indexed``): one epoch is one globally shuffled pass and a resumed
+    run is exact; remote shards (or ``wds_access: stream``) are streamed with a shuffle
+    buffer and need ``epoch_samples`` (samples per epoch).
     Paper datamodules subclass this and set the ``default_*`` class attributes.
     """
 
@@ -233,6 +236,7 @@ class ImageTextDataModule(ZooDataModule):
         std: tuple[float, float, float] | None = None,
         epoch_samples: int | None = None,
         shuffle_buffer: int = 5000,
+        wds_access: Literal["auto", "indexed", "stream"] = "auto",
         digits: DigitsSpec | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -256,6 +260,7 @@ class ImageTextDataModule(ZooDataModule):
         self.mean, self.std = mean, std
         self.epoch_samples = epoch_samples
         self.shuffle_buffer = shuffle_buffer
+        self.wds_access = wds_access
         self._tokenizer = None
 
         if source == "digits":
@@ -278,8 +283,11 @@ class ImageTextDataModule(ZooDataModule):
                 _check_exists(self.image_root, "image root")
             self.classnames = _load_list(classnames, root_path)
             self.templates = _load_list(templates, root_path)
-        if source == "wds" and self.paths["train"] and not epoch_samples:
-            raise ValueError("WebDataset sources need data.epoch_samples (samples per epoch)")
+        train_path = self.paths["train"]
+        if source == "wds" and train_path and not epoch_samples and not self._indexed(train_path):
+            raise ValueError(
+                "streamed WebDataset sources need data.epoch_samples (samples per epoch)"
+            )
 
     def _init_digits(self, spec: DigitsSpec) -> None:
         from zoo.data import build_digits
@@ -362,6 +370,20 @@ class ImageTextDataModule(ZooDataModule):
                 cache_dir=str(cache_root() / "hf-datasets"),
                 **common,
             )
+        if self._indexed(path):
+            from zoo.data.indexed_shards import IndexedShards
+
+            dataset = IndexedShards(
+                path, caption_key=self.caption_keys[0], label_key=label_key, **common
+            )
+            if train and self.epoch_samples and self.epoch_samples != len(dataset):
+                log.info(
+                    "data.epoch_samples=%d ignored: the indexed shards hold %d samples, "
+                    "and an epoch is one pass over them",
+                    self.epoch_samples,
+                    len(dataset),
+                )
+            return dataset
         dataset = image_text_webdataset(
             path,
             shuffle=self.shuffle_buffer if train else 0,
@@ -385,6 +407,18 @@ class ImageTextDataModule(ZooDataModule):
         if self.label_key is not None:
             return self.label_key or None
         return "cls" if self.source == "wds" else "label"
+
+    def _indexed(self, path: str) -> bool:
+        """Whether WebDataset shards are read by index (map-style, exactly resumable, global
+        shuffle: :mod:`zoo.data.indexed_shards`) or streamed (remote shards, or
+        ``wds_access: stream``)."""
+        from zoo.data.indexed_shards import is_local
+
+        if self.wds_access == "indexed":
+            if not is_local(path):
+                raise ValueError(f"wds_access=indexed needs local shard files, got {path!r}")
+            return True
+        return self.wds_access == "auto" and is_local(path)
 
     def _sized(self, dataset: IterableDataset) -> IterableDataset:
         """Give a WebDataset pipeline a per-rank epoch length so schedules know the step count."""

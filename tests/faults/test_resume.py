@@ -1,7 +1,7 @@
 """A real ``zoo fit`` killed with SIGKILL after a mid-epoch checkpoint and resumed with
 ``--ckpt_path last`` ends with the weights of an uninterrupted run (tiny SLIP: random crops,
 SimCLR views, BatchNorm buffers, warm-up + cosine schedule), even with data workers in the
-interrupted run and none in the reference."""
+interrupted run and none in the reference; for a CSV table and for local WebDataset shards."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -19,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH, EPOCHS, EVERY = 4, 3, 3  # checkpoints at steps 3, 6, 9, 12
 
 
-def _recipe(tmp_path: Path) -> Path:
-    """recipes/slip/tiny.yaml for 3 epochs, a checkpoint every 3 steps, no eval callbacks."""
+def _recipe(tmp_path: Path, data_format: str) -> Path:
+    """recipes/slip/tiny.yaml for 3 epochs, a checkpoint every 3 steps, no eval callbacks,
+    with the digits written as ``data_format`` (a CSV table, or WebDataset shards read by
+    index)."""
     recipe = yaml.safe_load((ROOT / "recipes" / "slip" / "tiny.yaml").read_text())
+    recipe["data"]["init_args"]["digits"]["format"] = data_format
     trainer = recipe["trainer"]
     trainer.update(max_epochs=EPOCHS, enable_progress_bar=False, enable_model_summary=False)
     trainer["callbacks"] = [
@@ -94,8 +98,9 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_killed_and_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path):
-    recipe = _recipe(tmp_path)
+@pytest.mark.parametrize("data_format", ["csv", "wds"])
+def test_killed_and_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path, data_format):
+    recipe = _recipe(tmp_path, data_format)
     total = STEPS_PER_EPOCH * EPOCHS
 
     reference_root = tmp_path / "reference"

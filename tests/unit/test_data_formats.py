@@ -362,6 +362,63 @@ def test_webdataset_errors(tmp_path, tokenizer, caplog) -> None:
         image_text_webdataset(str(tmp_path / "shard-{000000..000009}.tar"), None, tokenizer)
 
 
+def test_indexed_shards_read_the_streamed_samples_and_skip_bad_ones(
+    tmp_path, tokenizer, caplog
+) -> None:
+    """Local shards by index (zoo.data.indexed_shards): the streamed pipeline's samples, in
+    shard order, bad ones replaced by the next readable one (map-style, like a table)."""
+    from zoo.data.indexed_shards import IndexedShards
+
+    urls = _write_shards(tmp_path)
+    ds = IndexedShards(urls, to_rgb_tensor(), tokenizer)
+    assert len(ds) == N_VALID + 2  # the corrupt and the image-less sample are indexed too
+    with caplog.at_level(logging.WARNING, logger="zoo.data"):
+        batches = _read_all(ds)
+    captions = _check_batches(batches, tokenizer, n_bad=2, fixed=True)
+    assert _read_all(ds, num_workers=2)[1]["caption"] == batches[1]["caption"]  # forked reads
+    # corrupt (after s000) → s001, noimage (after s002) → s003
+    assert captions == Counter({**dict.fromkeys(VALID, 1), "a caption number 1": 2, "a caption number 3": 2})  # fmt: skip
+    _bad_logged(caplog, "shard-000000.tar:corrupt", "shard-000001.tar:noimage")
+    streamed = [s["caption"] for s in image_text_webdataset(urls, None, tokenizer)]
+    assert [ds[i]["caption"] for i in (0, 2, 3, 5, 6, 7)] == streamed
+
+    (tmp_path / "bad.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.raises(ValueError, match="cannot index WebDataset shard .*bad.tar"):
+        IndexedShards(str(tmp_path / "bad.tar"))
+    with pytest.raises(FileNotFoundError, match="shard-000003.tar"):
+        IndexedShards(str(tmp_path / "shard-{000000..000009}.tar"))
+
+
+def test_shard_index_is_cached_and_rebuilt_when_the_shard_changes(tmp_path, monkeypatch) -> None:
+    from zoo.data.indexed_shards import IndexedShards
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    urls = _write_shards(tmp_path / "shards")
+    first = IndexedShards(urls)
+    assert len(list((tmp_path / "cache" / "wds-index").glob("*.npz"))) == 3
+    assert [IndexedShards(urls)[i]["caption"] for i in range(8)] == [first[i]["caption"] for i in range(8)]  # fmt: skip
+    with wds.TarWriter(str(tmp_path / "shards" / "shard-000002.tar")) as sink:  # new content
+        sink.write({"__key__": "new", "png": _png(9), "txt": "a new caption", "cls": 9})
+    again = IndexedShards(urls)
+    assert len(again) == 7 and again[6]["caption"] == "a new caption"
+
+
+def test_datamodule_reads_local_shards_by_index_and_remote_ones_streamed(tmp_path) -> None:
+    from zoo.data.indexed_shards import IndexedShards
+    from zoo.datamodule import ImageTextDataModule
+
+    urls = _write_shards(tmp_path)
+    indexed = ImageTextDataModule(source="wds", train=urls, image_size=8, batch_size=2)
+    assert isinstance(indexed.build_dataset("train", train=True), IndexedShards)
+    streamed = ImageTextDataModule(
+        source="wds", train=urls, image_size=8, batch_size=2, wds_access="stream",
+        epoch_samples=6,
+    )  # fmt: skip
+    assert not isinstance(streamed.build_dataset("train", train=True), IndexedShards)
+    with pytest.raises(ValueError, match="streamed WebDataset sources need data.epoch_samples"):
+        ImageTextDataModule(source="wds", train=urls, wds_access="stream")
+
+
 def test_skip_counter_rate_limits(caplog) -> None:
     counter = SkipCounter("demo", first=3, every=5)
     with caplog.at_level(logging.WARNING, logger="zoo.data"):
