@@ -149,6 +149,7 @@ class EvalCallback(Callback):
                 model=pl_module,
                 max_batches=self._max_batches(trainer),
                 desc=f"{type(self).__name__} {split}",
+                progress=trainer.is_global_zero,
             )
 
     def _fit_and_score_features(

@@ -64,6 +64,7 @@ def extract_features(
     model: nn.Module | None = None,
     max_batches: int | None = None,
     desc: str = "features",
+    progress: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Run ``fn(*[batch[k] for k in keys])`` over ``loader`` and gather the outputs.
 
@@ -77,6 +78,7 @@ def extract_features(
             defaults to the owner of ``fn`` when ``fn`` is a bound method of a module.
         max_batches: stop after this many batches (``fast_dev_run`` smoke tests).
         desc: progress-bar label; the tqdm bar is disabled when stderr is not a TTY.
+        progress: ``False`` hides the bar (ranks other than 0 under FSDP).
 
     Returns:
         ``(features, labels, texts)``: features ``(N, D)`` float32 on CPU; labels ``(N,)``
@@ -89,7 +91,8 @@ def extract_features(
     texts: list[Tensor] = []
     with eval_mode(model), torch.inference_mode():
         # disable=None: tqdm turns itself off when the output is not a TTY (CI logs).
-        for i, batch in enumerate(tqdm(loader, desc=desc, disable=None, leave=False)):
+        bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False)
+        for i, batch in enumerate(bar):
             if max_batches is not None and i >= max_batches:
                 break
             inputs = [batch_get(batch, k).to(device, non_blocking=True) for k in keys]
