@@ -58,6 +58,8 @@ class BenchConfig:
     loss_repeats: int = 5
     data_images: int = 512
     table_rows: int = 1_000_000
+    cnn_batch: int = 32
+    cnn_repeats: int = 5
     data_batch: int = 64
     data_workers: tuple[int, ...] = (0, 1, 2)
     data_image_px: int = 256
@@ -85,6 +87,8 @@ def quick() -> BenchConfig:
         loss_repeats=3,
         data_images=256,
         table_rows=200_000,
+        cnn_batch=16,
+        cnn_repeats=3,
         startup_repeats=3,
         parity_seeds=(0,),
         parity_epochs=10,
@@ -107,4 +111,5 @@ def gpu() -> BenchConfig:
         zs_batch=256,
         data_images=2048,
         data_workers=(0, 4, 8, 14),
+        cnn_batch=128,
     )

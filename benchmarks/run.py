@@ -21,8 +21,18 @@ from benchmarks.common import Section
 from benchmarks.config import BenchConfig, full, gpu, quick
 from benchmarks.report import machine_section, render_table, summary_line, write_json
 
-SECTIONS = ("startup", "ceiling", "train", "zeroshot", "loss", "data", "table", "parity")
-GPU_SECTIONS = ("ceiling", "train", "zeroshot", "data")
+SECTIONS = (
+    "startup",
+    "ceiling",
+    "train",
+    "zeroshot",
+    "loss",
+    "data",
+    "table",
+    "cnn",
+    "parity",
+)
+GPU_SECTIONS = ("ceiling", "train", "zeroshot", "data", "cnn")
 
 
 def _startup(cfg: BenchConfig, state: dict[str, Any]) -> Section:
@@ -73,6 +83,12 @@ def _table(cfg: BenchConfig, state: dict[str, Any]) -> Section:
     return measure_table_memory(cfg)
 
 
+def _cnn(cfg: BenchConfig, state: dict[str, Any]) -> Section:
+    from benchmarks.channels_last import measure_channels_last
+
+    return measure_channels_last(cfg)
+
+
 def _parity(cfg: BenchConfig, state: dict[str, Any]) -> Section:
     from benchmarks.parity import measure_parity
 
@@ -87,6 +103,7 @@ RUNNERS: dict[str, Callable[[BenchConfig, dict[str, Any]], Section]] = {
     "loss": _loss,
     "data": _data,
     "table": _table,
+    "cnn": _cnn,
     "parity": _parity,
 }
 

@@ -60,3 +60,27 @@ def test_compiled_fit_equals_eager_fit(tmp_path):
             atol=1e-4,
             rtol=1e-4,
         )
+
+
+@pytest.mark.parametrize("autocast_bf16", [False, True])
+def test_compiled_encoder_is_one_graph_without_recompiles(autocast_bf16):
+    """Every step must reuse one compiled graph: a context manager re-created inside the
+    traced code (the CPU attention-kernel choice) made Dynamo graph-break and recompile on
+    every call, 4x slower than eager (benchmarks/README.md)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from tests.papers._tiny import tiny_batch, tiny_encoder_spec
+    from zoo.backbones import build_dual_encoder
+
+    torch._dynamo.reset()
+    counters.clear()
+    encoder = build_dual_encoder(tiny_encoder_spec())
+    encoder.compile(backend="eager")  # Dynamo's tracing only: fast, same guards
+    batch = tiny_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+        for _ in range(3):
+            z_i, z_t, scale = encoder(batch["image"], batch["text"])
+            (z_i.sum() + z_t.sum() + scale.sum()).backward()
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1

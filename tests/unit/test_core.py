@@ -128,3 +128,25 @@ def test_logit_scale_is_a_vector_and_scalar_checkpoints_still_load():
     state["logit_scale"] = torch.tensor(2.5)
     encoder.load_state_dict(state)
     assert encoder.logit_scale.tolist() == [2.5]
+
+
+def test_convolutional_towers_run_channels_last_with_the_same_features():
+    from zoo.backbones import DualEncoderSpec, TextSpec, VisionSpec, build_dual_encoder
+
+    text = TextSpec(vocab_size=100, width=32, layers=1, heads=2, context_length=8, eos_token_id=99)
+
+    def encoder(name: str, channels_last: bool | None, **kw):
+        torch.manual_seed(0)
+        vision = VisionSpec(name, channels_last=channels_last, **kw)
+        return build_dual_encoder(DualEncoderSpec(vision=vision, text=text, embed_dim=16)).eval()
+
+    nhwc, nchw = encoder("resnet18", None), encoder("resnet18", False)
+    assert nhwc.channels_last and not nchw.channels_last
+    conv = nhwc.visual.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.encode_image(images), nchw.encode_image(images))
+    vit = encoder("vit_small_patch16_224", None, img_size=32, patch_size=8, embed_dim=48,
+                  depth=1, num_heads=4)  # fmt: skip
+    assert not vit.channels_last  # a ViT's only conv is its patch embedding

@@ -13,6 +13,7 @@ open_clip weights) is a :class:`DualEncoder`:
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ LOG_INV_007 = math.log(1 / 0.07)  # CLIP's initial logit scale, 2.6593
 LOG_100 = 4.6052  # SLIP clamps t to [0, 4.6052], i.e. s ≤ 100
 
 
+@functools.cache
+def _cpu_has_amx() -> bool:
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def attention_kernels(x: torch.Tensor) -> AbstractContextManager:
     """The SDPA kernels for a forward pass on ``x``.
 
@@ -38,11 +44,15 @@ def attention_kernels(x: torch.Tensor) -> AbstractContextManager:
     step gets about 1.5× faster (benchmarks/README.md). Everywhere else the default choice
     stands.
     """
+    if torch.compiler.is_compiling():
+        # Compiled graphs lower attention themselves; and a context manager here is re-traced
+        # on every call (Dynamo guards on the generator object: a recompile per step).
+        return nullcontext()
     if (
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not torch.cpu._is_amx_tile_supported()
+        and not _cpu_has_amx()
     ):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -72,6 +82,13 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.visual = visual
         self.pooled_last_block = pooled_last_block
+        # inputs follow the tower's weights into NHWC (build_vision_tower: channels_last)
+        self.channels_last = any(
+            p.dim() == 4
+            and p.is_contiguous(memory_format=torch.channels_last)
+            and not p.is_contiguous()
+            for p in visual.parameters()
+        )
         self.text = text
         self.vision_width = int(visual.num_features)
         self.text_width = int(text.width)
@@ -99,6 +116,8 @@ class DualEncoder(nn.Module):
         return self.pooled_last_block and timm_vit_prunable(self.visual)
 
     def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with attention_kernels(images):
             if self.prune_visual:
                 return timm_vit_pooled_forward(self.visual, images)

@@ -21,6 +21,9 @@ class VisionSpec:
     ``checkpoint`` is a local file (safetensors or a torch state dict) loaded into the tower;
     nothing is ever downloaded. ``pooled_last_block`` lets :class:`DualEncoder` run the last
     block on the class token only (``zoo.backbones.pooled``; same features, less compute).
+    ``channels_last`` stores conv weights and inputs NHWC (faster convolutions with
+    cuDNN / oneDNN); ``None`` turns it on for convolutional towers (more than one Conv2d, so
+    not for a ViT, whose only conv is the patch embedding).
     """
 
     model_name: str = "vit_small_patch16_224"
@@ -35,6 +38,7 @@ class VisionSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     pooled_last_block: bool = True
+    channels_last: bool | None = None
 
 
 def build_vision_tower(spec: VisionSpec) -> nn.Module:
@@ -64,7 +68,16 @@ def build_vision_tower(spec: VisionSpec) -> nn.Module:
     model = timm.create_model(spec.model_name, pretrained=False, **kwargs)
     if spec.checkpoint:
         load_local_state_dict(model, spec.checkpoint)
+    if uses_channels_last(model, spec.channels_last):
+        model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def uses_channels_last(model: nn.Module, setting: bool | None) -> bool:
+    """``setting``, or for ``None``: whether ``model`` is convolutional (> 1 ``Conv2d``)."""
+    if setting is not None:
+        return setting
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
 def load_local_state_dict(model: nn.Module, path: str | Path, strict: bool = True) -> None:
