@@ -12,8 +12,10 @@ class CompileModules(L.Callback):
     """``torch.compile`` submodules of the paper module before training (the compile switch).
 
     ``modules`` are attribute paths of the LightningModule (default: the dual encoder);
-    each is compiled in place with ``nn.Module.compile`` so state-dict keys and checkpoints
-    are unchanged. Compilation costs tens of seconds up front and pays off on long runs
+    each is compiled in place with its ``compile`` method (``nn.Module.compile``; the dual
+    encoder also compiles ``image_trunk`` / ``encode_text``, which papers call directly), so
+    state-dict keys and checkpoints are unchanged. ``backend="eager"`` / ``"aot_eager"``
+    trace without generating kernels (debugging graph breaks). Compilation costs tens of seconds up front and pays off on long runs
     (benchmarks: ``python -m benchmarks.run --compile``). In a recipe::
 
         trainer:
@@ -28,9 +30,15 @@ class CompileModules(L.Callback):
         mode: str | None = None,
         dynamic: bool | None = None,
         fullgraph: bool = False,
+        backend: str = "inductor",
     ):
         self.modules = modules or ["encoder"]
-        self.kwargs: dict[str, Any] = {"mode": mode, "dynamic": dynamic, "fullgraph": fullgraph}
+        self.kwargs: dict[str, Any] = {
+            "mode": mode,
+            "dynamic": dynamic,
+            "fullgraph": fullgraph,
+            "backend": backend,
+        }
         self.compiled: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -84,3 +84,41 @@ def test_compiled_encoder_is_one_graph_without_recompiles(autocast_bf16):
             (z_i.sum() + z_t.sum() + scale.sum()).backward()
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compile_switch_reaches_the_methods_papers_call(tmp_path):
+    """SLIP trains through ``image_trunk`` / ``encode_text``, never ``encoder.forward``:
+    those must run compiled too (before, compiling the encoder left SLIP in eager mode)."""
+    import copy
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from lightning_modules.slip import SLIP
+    from tests.papers._tiny import tiny_head_spec
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = SLIP(encoder=tiny_encoder_spec(), ssl_head=tiny_head_spec())
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[CompileModules(backend="eager")],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=_Data())
+    compiled = model.encoder._compiled_methods
+    assert set(compiled) == {"image_trunk", "encode_text", "encode_text_embeddings"}
+    assert counters["stats"]["unique_graphs"] >= 2  # the image trunk and the text tower
+
+    # a deep copy (EMA teachers, benchmarks) runs the compiled code on its own weights
+    clone = copy.deepcopy(model.encoder)
+    with torch.no_grad():
+        clone.image_projection.mul_(2)
+        image = tiny_batch()["image"]
+        torch.testing.assert_close(clone.encode_image(image), 2 * model.encoder.encode_image(image))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -60,6 +61,22 @@ def attention_kernels(x: torch.Tensor) -> AbstractContextManager:
     return nullcontext()
 
 
+_COMPILABLE = ("image_trunk", "encode_text", "encode_text_embeddings")
+
+
+def _compilable(method: Callable) -> Callable:
+    """Route a :class:`DualEncoder` method to its compiled version after ``compile()``."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        compiled = getattr(self, "_compiled_methods", {}).get(method.__name__)
+        if compiled is None or torch.compiler.is_compiling():
+            return method(self, *args, **kwargs)
+        return compiled(self, *args, **kwargs)
+
+    return call
+
+
 @dataclass
 class DualEncoderSpec:
     vision: VisionSpec = field(default_factory=VisionSpec)
@@ -82,6 +99,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.visual = visual
         self.pooled_last_block = pooled_last_block
+        self._compiled_methods: dict[str, Callable] = {}
         # inputs follow the tower's weights into NHWC (build_vision_tower: channels_last)
         self.channels_last = any(
             p.dim() == 4
@@ -115,6 +133,7 @@ class DualEncoder(nn.Module):
         owns its weights, so the tower then runs its unmodified forward."""
         return self.pooled_last_block and timm_vit_prunable(self.visual)
 
+    @_compilable
     def image_trunk(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -127,11 +146,13 @@ class DualEncoder(nn.Module):
         z = self.image_trunk(images) @ self.image_projection
         return F.normalize(z, dim=-1) if normalize else z
 
+    @_compilable
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         with attention_kernels(self.text_projection):
             z = self.text(tokens) @ self.text_projection
         return F.normalize(z, dim=-1) if normalize else z
 
+    @_compilable
     def encode_text_embeddings(
         self, token_embeds: torch.Tensor, eot_index: torch.Tensor, normalize: bool = False
     ) -> torch.Tensor:
@@ -146,6 +167,17 @@ class DualEncoder(nn.Module):
             self.encode_text(tokens, normalize=True),
             self.logit_scale.exp(),
         )
+
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile`` plus the entry points papers call directly (SLIP calls
+        ``image_trunk`` / ``encode_text``, never ``forward``), which compiling ``forward``
+        alone would leave in eager mode. The compiled functions take ``self`` explicitly, so
+        a deep copy of the module calls them on itself; state dicts are unchanged."""
+        super().compile(*args, **kwargs)
+        self._compiled_methods = {
+            name: torch.compile(getattr(type(self), name).__wrapped__, *args, **kwargs)
+            for name in _COMPILABLE
+        }
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
