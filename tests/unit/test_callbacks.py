@@ -14,11 +14,11 @@ class _Data(L.LightningDataModule):
         return torch.utils.data.DataLoader([tiny_batch(seed=s) for s in range(2)], batch_size=None)
 
 
-def _fit(callbacks, tmp_path):
+def _fit(callbacks, tmp_path, model=None, max_steps=2):
     torch.manual_seed(0)
-    model = CLIP(encoder=tiny_encoder_spec())
+    model = model if model is not None else CLIP(encoder=tiny_encoder_spec())
     trainer = L.Trainer(
-        max_steps=2,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -101,17 +101,7 @@ def test_compile_switch_reaches_the_methods_papers_call(tmp_path):
     counters.clear()
     torch.manual_seed(0)
     model = SLIP(encoder=tiny_encoder_spec(), ssl_head=tiny_head_spec())
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[CompileModules(backend="eager")],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=_Data())
+    _fit([CompileModules(backend="eager")], tmp_path, model=model, max_steps=1)
     compiled = model.encoder._compiled_methods
     assert set(compiled) == {"image_trunk", "encode_text", "encode_text_embeddings"}
     assert counters["stats"]["unique_graphs"] >= 2  # the image trunk and the text tower

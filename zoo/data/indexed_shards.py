@@ -16,10 +16,10 @@ for remote shards (``pipe:``, ``http://``), where random access is not possible.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -129,7 +129,7 @@ def _cached_index(path: str, wanted: dict[str, list[str]]) -> tuple[list[str], n
     shard's path, size, mtime and the wanted members (a changed shard is indexed again).
     Indexing reads every header (~60k members/s from the page cache): minutes for CC3M,
     once."""
-    from zoo.data.cache import cache_root
+    from zoo.data.cache import atomic_write_bytes, cache_root
 
     stat = os.stat(path)
     ident = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, wanted])
@@ -142,10 +142,9 @@ def _cached_index(path: str, wanted: dict[str, list[str]]) -> tuple[list[str], n
             pass  # unreadable cache entry: index again and overwrite it
     keys, spans = _index_shard(path, wanted)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, keys=np.array(keys, dtype=str), spans=spans)
-    os.replace(tmp, cached)  # atomic: concurrent ranks never read a partial file
+    buffer = io.BytesIO()
+    np.savez(buffer, keys=np.array(keys, dtype=str), spans=spans)
+    atomic_write_bytes(cached, buffer.getvalue())  # concurrent ranks never read a partial file
     return keys, spans
 
 
