@@ -4,8 +4,9 @@ Strong scaling: the global batch B_global is fixed and split over W ranks, B_loc
 B_global / W. Per rank we measure the peak tensor bytes of one loss forward + backward
 (:class:`benchmarks.memory.TensorMemory`) and its median time, for
 
-- ``no_grad``: the zoo's ``clip_infonce`` with ``gather_policy="no_grad"`` (SLIP's CLIP
-  gather, local loss): logits are B_local × B_global, so memory per rank falls as 1/W;
+- ``no_grad``: the zoo's ``clip_infonce`` with ``gather_policy="no_grad"`` (other ranks'
+  features gathered as constants, local loss; SLIP's ``constant`` policy has the same
+  memory): logits are B_local × B_global, so memory per rank falls as 1/W;
 - ``global``: a naive reference that gathers both sides and builds the full
   B_global × B_global logits on every rank: memory per rank stays O(B_global²).
 """

@@ -5,8 +5,12 @@
 - ẑ_I = normalise(f_I(x) W_I), ẑ_T = normalise(f_T(t) W_T): ``DualEncoder.forward``;
 - s = exp(t), t learnable, initialised to log(1/0.07) and clamped to [0, 4.6052] after every
   optimiser step (SLIP ``main.py``): ``after_optimizer_step``;
-- other GPUs' features are gathered without gradient (SLIP ``all_gather_batch``):
-  ``gather="no_grad"``; ``"with_grad"`` gives the exact full-batch gradient under DDP;
+- other GPUs' features: ``gather="constant"`` (default) is the official SLIP code's
+  ``utils.all_gather_batch``: every gathered copy, this GPU's own included, is a constant, so
+  the gradient flows through the local anchor rows only. ``"local_grad"`` (alias
+  ``"no_grad"``) keeps the gradient of this GPU's slice (open_clip's ``gather_features``);
+  ``"with_grad"`` gives the exact full-batch gradient under DDP; ``"none"`` uses per-GPU
+  negatives. All agree on one process (``zoo.losses.distributed``);
 - optimiser: AdamW (0.9, 0.98), lr 5e-4, weight decay 0.5, no decay on biases / norms /
   1-D parameters, 1 warm-up epoch then cosine to 1e-5, per step (SLIP README, CLIP row).
 
@@ -28,7 +32,7 @@ class CLIP(ZooModule):
     def __init__(
         self,
         encoder: DualEncoderSpec | None = None,
-        gather: GatherPolicy = "no_grad",
+        gather: GatherPolicy = "constant",
         label_smoothing: float = 0.0,
         optim: OptimSpec | None = None,
     ):

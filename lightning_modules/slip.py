@@ -3,9 +3,15 @@
     L = L_CLIP(ẑ_I, ẑ_T) + c · L_SSL(q_1, q_2),    q_k = h_s(f_I(aug_k(x)))     (SLIP §3)
 
 - L_CLIP: symmetric image–text InfoNCE on the CLIP view (RandomResizedCrop scale 0.5–1),
-  other GPUs' features gathered without gradient (``clip_gather="no_grad"``);
+  other GPUs' features gathered as constants, this GPU's own copy included, as the official
+  code's ``utils.all_gather_batch`` does (``clip_gather="constant"``, the default; the
+  gradient flows through the local anchor rows only). ``"local_grad"`` (alias ``"no_grad"``)
+  keeps the gradient of this GPU's slice (open_clip's ``gather_features``); ``"with_grad"``
+  gives the exact full-batch gradient under DDP; ``"none"`` uses per-GPU negatives. All
+  agree on one process (``zoo.losses.distributed``);
 - L_SSL: SimCLR NT-Xent on two SimCLR-augmented views, τ = 0.1, gathered with gradient
-  (``ssl_gather="with_grad"``): ``zoo.losses.nt_xent``;
+  (``ssl_gather="with_grad"``, the official code's ``all_gather_batch_with_grad`` /
+  ``GatherLayer``): ``zoo.losses.nt_xent``;
 - h_s: the SSL head ``Linear(vw, 4096) → BN → ReLU → Linear(4096, 4096) → BN → ReLU →
   Linear(4096, 256)`` on the image trunk's pooled feature (before the CLIP projection);
   SyncBN at scale via ``trainer.sync_batchnorm``;
@@ -35,7 +41,7 @@ class SLIP(ZooModule):
         ssl_head: MLPSpec | None = None,
         ssl_scale: float = 1.0,
         ssl_temperature: float = 0.1,
-        clip_gather: GatherPolicy = "no_grad",
+        clip_gather: GatherPolicy = "constant",
         ssl_gather: GatherPolicy = "with_grad",
         optim: OptimSpec | None = None,
     ):

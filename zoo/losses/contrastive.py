@@ -20,7 +20,7 @@ def clip_infonce(
     z_t: torch.Tensor,
     scale: torch.Tensor | float,
     label_smoothing: float = 0.0,
-    gather_policy: GatherPolicy = "no_grad",
+    gather_policy: GatherPolicy = "constant",
     normalize: bool = True,
 ) -> torch.Tensor:
     r"""Symmetric image–text InfoNCE (CLIP; SLIP ``losses.CLIPLoss``).
@@ -32,7 +32,12 @@ def clip_infonce(
     with :math:`\hat Z` the L2-normalised embeddings, :math:`s = \exp(t)` the logit scale and
     :math:`y_j` the index of sample j in the global batch. Rows are this rank's samples;
     columns are the whole gathered batch. ``label_smoothing`` is passed to the cross-entropy
-    (CLIP-rocket uses 0.1 on its local terms). SLIP gathers without gradient (``no_grad``).
+    (CLIP-rocket uses 0.1 on its local terms). The default ``"constant"`` is the official SLIP
+    code's gather (``all_gather_batch``: every gathered copy, the local one included, is a
+    constant, so the gradient flows through the anchor rows only); ``"local_grad"`` (alias
+    ``"no_grad"``) keeps the local slice's gradient (open_clip's ``gather_features``);
+    ``"with_grad"`` gives the exact full-batch gradient under DDP. See
+    :mod:`zoo.losses.distributed`.
     """
     if normalize:
         z_i, z_t = F.normalize(z_i, dim=-1), F.normalize(z_t, dim=-1)
@@ -83,10 +88,16 @@ def nt_xent(
 
 
 class ClipInfoNCE(nn.Module):
-    """Module form of :func:`clip_infonce`, holding the gather policy and label smoothing."""
+    """Module form of :func:`clip_infonce`, holding the gather policy and label smoothing.
+
+    ``gather`` defaults to ``"constant"``, the official SLIP code's (``all_gather_batch``).
+    """
 
     def __init__(
-        self, gather: GatherPolicy = "no_grad", label_smoothing: float = 0.0, normalize: bool = True
+        self,
+        gather: GatherPolicy = "constant",
+        label_smoothing: float = 0.0,
+        normalize: bool = True,
     ):
         super().__init__()
         self.gather, self.label_smoothing, self.normalize = gather, label_smoothing, normalize
