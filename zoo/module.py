@@ -7,12 +7,13 @@ Paper modules implement ``training_step`` and, where they have one, ``validation
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 
-from zoo.optim import OptimSpec, build_adamw, build_schedule
+from zoo.optim import OptimSpec, build_adamw, build_schedule, optimizer_steps_per_epoch
 from zoo.specs import to_spec
 
 
@@ -21,6 +22,7 @@ class ZooModule(L.LightningModule):
         super().__init__()
         self.optim = to_spec(OptimSpec, optim)
         self.last_loss_terms: dict[str, torch.Tensor] = {}
+        self._skipped_in_epoch: torch.Tensor | None = None  # bad samples, this rank, this epoch
 
     # --- optimisation -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -29,14 +31,28 @@ class ZooModule(L.LightningModule):
         self._param_ndims = {p: p.ndim for p in self.parameters()}
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW and the warm-up + cosine schedule, stepped every optimiser step.
+
+        The cosine spans the run's optimiser steps (``estimated_stepping_batches``: the
+        smaller of ``max_steps`` and ``max_epochs`` epochs); ``warmup_epochs`` converts
+        with the optimiser steps of one epoch (:func:`zoo.optim.optimizer_steps_per_epoch`),
+        so the warm-up is the same with ``max_epochs``, ``max_steps`` or both, and with
+        gradient accumulation.
+        """
         optimizer = build_adamw(self, self.optim, getattr(self, "_param_ndims", None))
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = (
-            self.trainer.max_epochs
-            if self.trainer.max_epochs and self.trainer.max_epochs > 0
-            else 1
-        )
-        scheduler = build_schedule(optimizer, self.optim, total, steps_per_epoch=total / epochs)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the learning-rate schedule needs a finite run: set trainer.max_epochs or "
+                "trainer.max_steps"
+            )
+        per_epoch = optimizer_steps_per_epoch(self.trainer)
+        if not math.isfinite(per_epoch) and self.optim.warmup_steps is None:
+            raise ValueError(
+                "the training loader has no length, so optim.warmup_epochs cannot be "
+                "converted to steps: set optim.warmup_steps"
+            )
+        scheduler = build_schedule(optimizer, self.optim, int(total), steps_per_epoch=per_epoch)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
@@ -46,17 +62,44 @@ class ZooModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.after_optimizer_step()
 
+    def on_train_epoch_start(self) -> None:
+        self._skipped_in_epoch = torch.zeros((), dtype=torch.long, device=self.device)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Bad images are replaced by the loaders and counted per batch ("skipped"); the
-        # epoch total goes to the logs as data/skipped_images so it is never silent.
+        # epoch total goes to the logs as data/skipped_images and to the console at the end
+        # of the epoch (on_train_epoch_end), so it is never silent.
         if isinstance(batch, dict) and "skipped" in batch:
+            skipped = batch["skipped"]
             self.log(
                 "data/skipped_images",
-                batch["skipped"].float(),
+                skipped.float(),
                 reduce_fx="sum",
                 on_step=False,
                 on_epoch=True,
                 batch_size=1,
+            )
+            # on the device, no host sync per step
+            counted, total = self._skipped_in_epoch, skipped.detach().sum().long()
+            self._skipped_in_epoch = total if counted is None else counted + total
+
+    def on_train_epoch_end(self) -> None:
+        """Print the epoch's bad-sample total, summed over all ranks, on rank 0 when > 0.
+
+        Counts the batches this process trained in the epoch: after a mid-epoch resume, the
+        batches since the restart. Every rank joins the one all-reduce per epoch.
+        """
+        counted = self._skipped_in_epoch
+        if counted is None:
+            counted = torch.zeros((), dtype=torch.long, device=self.device)
+        total = int(self.trainer.strategy.reduce(counted, reduce_op="sum").item())
+        self._skipped_in_epoch = None
+        if total > 0 and self.trainer.is_global_zero:
+            noun = "sample" if total == 1 else "samples"
+            print(
+                f"epoch {self.current_epoch}: {total} bad {noun} skipped "
+                "(replaced by the next readable ones)",
+                flush=True,
             )
 
     def after_optimizer_step(self) -> None:

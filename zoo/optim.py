@@ -1,13 +1,18 @@
-"""Optimiser recipes: AdamW parameter groups and the per-step warm-up + cosine schedule."""
+"""Optimiser recipes: AdamW parameter groups, the per-step warm-up + cosine schedule, and the
+number of optimiser steps a Lightning epoch takes (:func:`optimizer_steps_per_epoch`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 @dataclass
@@ -16,7 +21,10 @@ class OptimSpec:
 
     ``lr`` is the peak learning rate for the whole (global) batch. The schedule warms up
     linearly from ``warmup_start_lr`` over ``warmup_epochs`` (or ``warmup_steps`` when set),
-    then follows a half cosine down to ``min_lr``; it is updated every optimiser step.
+    then follows a half cosine down to ``min_lr``; it is updated every optimiser step. An
+    epoch is the number of optimiser steps Lightning takes per epoch on one rank
+    (:func:`optimizer_steps_per_epoch`: gradient accumulation and ``limit_train_batches``
+    counted), and the cosine ends at the run's last step (``max_epochs`` and/or ``max_steps``).
     Parameters with ``ndim < 2`` or whose name contains one of ``no_decay_keywords`` get no
     weight decay (SLIP: ``p.ndim < 2 or 'bias' in n or 'ln' in n or 'bn' in n``).
     """
@@ -105,3 +113,30 @@ def build_schedule(
         return lr / spec.lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_steps_per_epoch(trainer: L.Trainer) -> int | float:
+    """Optimiser steps Lightning takes in one training epoch on this rank.
+
+    Lightning 2.6 (``_TrainingEpochLoop._should_accumulate``) steps the optimiser after every
+    ``accumulate_grad_batches``-th batch of the epoch and, unless the strategy accumulates
+    by itself (DeepSpeed), also after the epoch's last batch when it closes a partial window.
+    So with ``n`` training batches (``trainer.num_training_batches``: this rank's loader
+    length after ``limit_train_batches``) and accumulation ``a`` an epoch has
+    ``ceil(n / a)`` steps, or ``floor(n / a)`` when the strategy handles accumulation.
+
+    Builds the training loader if Lightning has not yet (with ``max_steps`` alone,
+    ``trainer.estimated_stepping_batches`` does not); it is the loader Lightning then trains
+    with. Returns ``inf`` for a loader without a length, 0 when nothing trains.
+    """
+    if trainer.limit_train_batches == 0:
+        return 0
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        return float("inf")
+    batches, accumulate = int(batches), int(trainer.accumulate_grad_batches)
+    full, partial = divmod(batches, accumulate)
+    steps_on_partial = partial > 0 and not trainer.strategy.handles_gradient_accumulation
+    return full + int(steps_on_partial)

@@ -150,3 +150,79 @@ def test_convolutional_towers_run_channels_last_with_the_same_features():
     vit = encoder("vit_small_patch16_224", None, img_size=32, patch_size=8, embed_dim=48,
                   depth=1, num_heads=4)  # fmt: skip
     assert not vit.channels_last  # a ViT's only conv is its patch embedding
+
+
+def _table_with_bad_images(root) -> None:
+    """16 readable PNGs, one of them overwritten with garbage, plus a row whose file is
+    missing: 2 bad samples per pass."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        pixels = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "caption": f"picture {i}", "label": i % 10})
+    (root / "3.png").write_bytes(b"not a png")  # corrupt
+    rows.append({"image": "gone.png", "caption": "missing", "label": 0})  # missing
+    with open(root / "pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image", "caption", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _two_rank_strategy():
+    """One process standing in for 2 ranks whose counts are equal: its all-reduce sums two
+    copies of the local count."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    class TwoRanks(SingleDeviceStrategy):
+        def reduce(self, tensor, group=None, reduce_op="mean"):
+            assert reduce_op == "sum"
+            return tensor * 2
+
+    return TwoRanks(device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_epoch_total_of_skipped_samples_is_printed(tmp_path, capsys, ranks):
+    import re
+
+    import lightning as L
+
+    from datamodules.clip import CLIPDataModule
+    from lightning_modules.clip import CLIP
+    from tests.papers._tiny import tiny_encoder_spec
+
+    _table_with_bad_images(tmp_path)
+    spec = tiny_encoder_spec()
+    spec.text.vocab_size, spec.text.eos_token_id = 49408, 49407  # the real CLIP BPE
+    data = CLIPDataModule(
+        source="csv",
+        root=str(tmp_path),
+        train="pairs.csv",
+        image_size=16,
+        context_length=8,
+        batch_size=6,  # 17 rows: 3 batches an epoch
+        drop_last=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        strategy=_two_rank_strategy() if ranks == 2 else "auto",
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(CLIP(encoder=spec), datamodule=data)
+    lines = re.findall(r"^epoch \d+: .*bad.*$", capsys.readouterr().out, flags=re.MULTILINE)
+    total = 2 * ranks
+    assert lines == [
+        f"epoch 0: {total} bad samples skipped (replaced by the next readable ones)",
+        f"epoch 1: {total} bad samples skipped (replaced by the next readable ones)",
+    ]
