@@ -36,10 +36,14 @@ BASE = {
 
 def test_repository_metafiles_validate():
     found = papers()
-    assert found
+    assert {"clip", "slip"} <= {paper.slug for paper in found}
     for paper in found:
         meta = validate_metafile(paper.folder / "metafile.yaml")
         assert meta.reported
+        # every reproduced and reported number names a recipe of its paper
+        recipes = {path.name for path in paper.recipes}
+        assert {r.recipe for r in meta.reproduced} <= recipes, paper.slug
+        assert {r.recipe.split(" ")[0] for r in meta.reported} <= recipes, paper.slug
 
 
 def test_valid_example_passes():
@@ -67,3 +71,26 @@ def test_untraceable_entries_are_rejected(path, value):
     target[path[-1]] = value
     with pytest.raises(ValidationError):
         validate_metafile(data)
+
+
+@pytest.mark.parametrize(
+    "values, mean, std, valid",
+    [
+        ([1.0, 2.0, 3.0], 2.0, 1.0, True),  # sample std (n - 1): sqrt(2 / 2) = 1
+        ([1.0, 2.0, 3.0], 2.0, 0.8165, False),  # population std sqrt(2 / 3) is not the ledger's
+        ([1.0, 2.0, 3.0], 2.0004, 1.0004, True),  # stored rounded to 4 decimals
+        ([1.0, 2.0, 3.0], 2.002, 1.0, False),
+        ([12.963, 16.4815, 20.1852], 16.5432, 3.6115, True),  # the CLIP tiny zero-shot record
+        ([5.0], 5.0, 0.0, True),  # one seed: std 0
+        ([5.0], 5.0, 1.0, False),
+    ],
+)
+def test_summary_must_be_mean_and_sample_std_of_the_values(values, mean, std, valid):
+    data = copy.deepcopy(BASE)
+    data["reproduced"][0].update(values=values, mean=mean, std=std, seeds=list(range(len(values))))
+    if valid:
+        record = validate_metafile(data).reproduced[0]
+        assert (record.mean, record.std) == (mean, std)
+    else:
+        with pytest.raises(ValidationError, match="do not match the values"):
+            validate_metafile(data)
