@@ -2,7 +2,8 @@
 
 Recipes name a ``ZooModule`` subclass under ``model:`` and a ``ZooDataModule`` subclass
 under ``data:`` by ``class_path``. jsonargparse checks every key and type before anything is
-built, so a typo fails at once and names the key.
+built, so a typo fails at once and names the key; abbreviated options are refused too
+(``--trainer.max_epoch`` is an error, not ``--trainer.max_epochs``).
 
 ``fit`` also gets the fault handling of :mod:`zoo.faults`: a non-finite loss guard and
 per-step seeding (added unless the recipe lists them), pre-flight checks of the log and
@@ -97,5 +98,14 @@ def run_lightning_cli(args: Sequence[str]):
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=None if argv == sys.argv[1:] else argv,
-        parser_kwargs={"default_env": False, "prog": "zoo"},
+        parser_kwargs=_parser_kwargs(cli_cls),
     )
+
+
+def _parser_kwargs(cli_cls) -> dict:
+    """LightningCLI's ``parser_kwargs``: a flat dict reaches only the main parser, so the
+    subcommand parsers (where ``--trainer.*`` options live) get theirs keyed by name.
+    ``allow_abbrev=False``: argparse would otherwise take a typo that is a prefix of an
+    option (``--trainer.max_epoch``) as that option (``max_epochs``)."""
+    common = {"default_env": False, "allow_abbrev": False}
+    return {"prog": "zoo", **common} | {verb: dict(common) for verb in cli_cls.subcommands()}

@@ -17,11 +17,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from zoo.data.columns import read_table_columns
+from zoo.data.columns import BadRows, describe_non_utf8, read_table_columns
 from zoo.data.samples import (
+    DEFAULT_MAX_PIXELS,
     BadSample,
     SampleBuilder,
+    SkipCounter,
     SkipReplaceDataset,
+    check_max_pixels,
     decode_image,
     parse_label,
     pick_caption,
@@ -54,7 +57,13 @@ class ImageTextTable(SkipReplaceDataset):
     the table's folder, or absolute), one or more caption columns and an optional label.
 
     With several ``caption_keys`` each access picks one of the row's non-empty captions at
-    random (SLIP's YFCC15M: title or description).
+    random (SLIP's YFCC15M: title or description). ``image_key`` names the image column
+    (e.g. ``filepath`` for CLIP-style tables), for CSV, TSV and JSONL alike.
+
+    ``bad_rows``: a row whose image path or caption is not valid UTF-8 fails the load with
+    the file, line, row and column (``"error"``), or is left out, logged and counted in
+    ``skipped_rows`` (``"skip"``). ``max_pixels``: the decoding budget of
+    :func:`~zoo.data.samples.decode_image` (None: none).
     """
 
     def __init__(
@@ -67,7 +76,10 @@ class ImageTextTable(SkipReplaceDataset):
         image_key: str = "image",
         caption_keys: str | Sequence[str] = "caption",
         label_key: str | None = "label",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        bad_rows: BadRows = "error",
     ):
+        self.max_pixels = check_max_pixels(max_pixels)
         self.table = Path(table)
         if not self.table.is_file():
             raise FileNotFoundError(f"image-text table not found: {self.table}")
@@ -83,11 +95,17 @@ class ImageTextTable(SkipReplaceDataset):
                 _check_columns(columns, [label_key], str(self.table), _LABEL_HINT)
 
         # Packed columns, not lists of str: workers share them without copy-on-access.
+        self.row_skips = SkipCounter(f"{self.table} (rows)")
         packed, self.labels = read_table_columns(
-            self.table, [image_key, *self.caption_keys], label_key, check
+            self.table, [image_key, *self.caption_keys], label_key, check, bad_rows, self.row_skips
         )
         self.images = packed[image_key]
         self.captions = [packed[k] for k in self.caption_keys]
+
+    @property
+    def skipped_rows(self) -> int:
+        """Table rows left out at load time (``bad_rows="skip"``)."""
+        return self.row_skips.total
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,7 +115,8 @@ class ImageTextTable(SkipReplaceDataset):
             raise BadSample(f"{self.table} row {index}", "empty image path")
         path = self.image_root / self.images[index]  # an absolute path stays absolute
         captions = [column[index] for column in self.captions]
-        return decode_image(path), pick_caption(captions), int(self.labels[index])
+        image = decode_image(path, max_pixels=self.max_pixels)
+        return image, pick_caption(captions), int(self.labels[index])
 
 
 def _infer_builder(source: Path | list[Path]) -> str:
@@ -108,14 +127,36 @@ def _infer_builder(source: Path | list[Path]) -> str:
     return "imagefolder"
 
 
+def _raise_if_not_utf8(exn: BaseException, src: Path | list[Path]) -> None:
+    """``datasets`` reports a metadata file that is not UTF-8 as a bare UnicodeDecodeError
+    (CSV) or a DatasetGenerationError caused by one (JSONL), naming no file: name it."""
+    chain, cause = [], exn
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any(isinstance(e, UnicodeDecodeError) for e in chain):
+        return
+    folders = [p for p in (src if isinstance(src, list) else [src]) if p.is_dir()]
+    files = sorted(
+        p for f in folders for m in ("metadata.csv", "metadata.jsonl") for p in f.rglob(m)
+    )
+    where = "; ".join(describe_non_utf8(f) for f in files) or ", ".join(map(str, folders or [src]))
+    raise ValueError(
+        f"Hugging Face dataset {src}: metadata is not valid UTF-8 ({where}); re-encode it as "
+        "UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or read it as a table (source: csv / jsonl), "
+        "where bad_rows: skip skips and counts such rows"
+    ) from exn
+
+
 class HFImageText(SkipReplaceDataset):
     """A Hugging Face ``datasets`` source read offline: an ``imagefolder`` folder (images +
     ``metadata.csv`` / ``metadata.jsonl`` with ``file_name``, caption and label columns; split
     sub-folders ``train/``, ``test/`` or a folder holding one split) or local parquet file(s)
     with an ``Image`` column (``{"bytes", "path"}``).
 
-    The image column is cast to ``Image(decode=False)`` so images are decoded here and bad
-    ones skipped and counted like :class:`ImageTextTable`'s.
+    The image column is cast to ``Image(decode=False)`` so images are decoded here (within
+    ``max_pixels``, see :func:`~zoo.data.samples.decode_image`) and bad ones skipped and
+    counted like :class:`ImageTextTable`'s.
     """
 
     def __init__(
@@ -130,9 +171,11 @@ class HFImageText(SkipReplaceDataset):
         label_key: str | None = "label",
         builder: str | None = None,
         cache_dir: str | Path | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         import datasets
 
+        self.max_pixels = check_max_pixels(max_pixels)
         src: Path | list[Path] = (
             Path(source) if isinstance(source, str | Path) else [Path(s) for s in source]
         )
@@ -143,7 +186,11 @@ class HFImageText(SkipReplaceDataset):
         super().__init__(name, SampleBuilder(image_transform, tokenizer, view_transforms))
         self.builder_name = builder or _infer_builder(src)
         self.split = split
-        ds = self._load(src, split, None if cache_dir is None else str(cache_dir))
+        try:
+            ds = self._load(src, split, None if cache_dir is None else str(cache_dir))
+        except Exception as exn:
+            _raise_if_not_utf8(exn, src)
+            raise
         self.caption_keys = _as_keys(caption_keys)
         _check_columns(ds.column_names, [image_key, *self.caption_keys], name)
         if label_key is not None:
@@ -185,12 +232,12 @@ class HFImageText(SkipReplaceDataset):
         path = cell.get("path")
         source = f"{self.name} row {index}" + (f" ({path})" if path else "")
         if cell.get("bytes") is not None:
-            image = decode_image(cell["bytes"], source)
+            image = decode_image(cell["bytes"], source, self.max_pixels)
         elif path:
             p = Path(path)
             if not p.is_absolute() and self.base_dir is not None and not p.exists():
                 p = self.base_dir / p
-            image = decode_image(p, source)
+            image = decode_image(p, source, self.max_pixels)
         else:
             raise BadSample(source, "no image bytes or path")
         caption = pick_caption([row.get(k) for k in self.caption_keys])

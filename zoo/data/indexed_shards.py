@@ -28,7 +28,15 @@ import numpy as np
 from PIL import Image
 
 from zoo.data.columns import PackedStrings
-from zoo.data.samples import BadSample, SampleBuilder, SkipReplaceDataset, decode_image, parse_label
+from zoo.data.samples import (
+    DEFAULT_MAX_PIXELS,
+    BadSample,
+    SampleBuilder,
+    SkipReplaceDataset,
+    check_max_pixels,
+    decode_image,
+    parse_label,
+)
 from zoo.data.shards import expand_shards
 
 MISSING = -1
@@ -53,7 +61,8 @@ class IndexedShards(SkipReplaceDataset):
     Members: the image under the first of ``image_keys`` present, the caption under
     ``caption_key`` (UTF-8), the integer label under ``label_key`` (-1 when absent). A
     sample without an image member or with an undecodable image is skipped, counted and
-    replaced, as in :class:`~zoo.data.formats.ImageTextTable`.
+    replaced, as in :class:`~zoo.data.formats.ImageTextTable`. Images are decoded within
+    ``max_pixels`` (:func:`~zoo.data.samples.decode_image`).
     """
 
     def __init__(
@@ -65,7 +74,9 @@ class IndexedShards(SkipReplaceDataset):
         image_keys: str = "jpg;jpeg;png;webp",
         caption_key: str = "txt",
         label_key: str | None = "cls",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
+        self.max_pixels = check_max_pixels(max_pixels)
         self.shards = [s.removeprefix("file:") for s in expand_shards(urls)]
         super().__init__(
             f"webdataset {self.shards[0]}{', …' if len(self.shards) > 1 else ''}",
@@ -114,7 +125,7 @@ class IndexedShards(SkipReplaceDataset):
         image_bytes = self._member(index, 0)
         if image_bytes is None:
             raise BadSample(source, "no image member")
-        image = decode_image(image_bytes, source)
+        image = decode_image(image_bytes, source, self.max_pixels)
         caption = (self._member(index, 1) or b"").decode("utf-8", errors="replace")
         label_bytes = self._member(index, 2)
         try:

@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -133,15 +133,85 @@ def seeded_rng(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def decode_image(data: bytes | str | Path, source: str | None = None) -> Image.Image:
-    """Fully decode an image from bytes or a file; any failure becomes :class:`BadSample`."""
+#: Default pixel budget of :func:`decode_image` (and of every reader's ``max_pixels``):
+#: 64 MiB-pixels, e.g. 8192 x 8192. It decodes every common camera sensor (up to ~61 MP) at
+#: full size, keeps one decoded RGB image under 192 MiB in a DataLoader worker, and lies
+#: below Pillow's own warning threshold (``PIL.Image.MAX_IMAGE_PIXELS``, ~89.5 MP), so the
+#: budget, not Pillow, decides what happens to a large image.
+DEFAULT_MAX_PIXELS = 64 * 2**20
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """``max_pixels`` if it is a usable pixel budget (an int >= 1, or None for no budget)."""
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise ValueError(f"max_pixels must be an integer >= 1 or None, got {max_pixels!r}")
+    return max_pixels
+
+
+def _fit_pixel_budget(img: Image.Image, source: str, max_pixels: int) -> None:
+    """Make the lazily opened ``img`` decode within ``max_pixels``, before any pixel data is
+    read: a JPEG over budget is switched to reduced-size decoding (libjpeg's DCT scaling by
+    1/2, 1/4 or 1/8: the smallest reduction that fits); any other image over budget, or a
+    JPEG still over it at 1/8, raises :class:`BadSample`."""
+    from PIL import JpegImagePlugin
+
+    width, height = img.size
+    if width * height <= max_pixels:
+        return
+    if isinstance(img, JpegImagePlugin.JpegImageFile):  # also MPO (camera JPEGs)
+        scale = next((s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= max_pixels), None)
+        # draft() picks the largest of 1/2, 1/4, 1/8 whose result is at least the requested
+        # size; asking for (width // s, height // s) gives exactly 1/s.
+        request = (max(1, width // scale), max(1, height // scale)) if scale else None
+        if request and img.draft(img.mode, request) and img.size[0] * img.size[1] <= max_pixels:
+            return
+    img.close()
+    raise BadSample(
+        source,
+        f"{width}x{height} = {width * height} pixels exceed the budget of {max_pixels} "
+        f"(max_pixels; JPEGs are decoded at up to 1/8 size to fit, other formats are skipped)",
+    )
+
+
+def decode_image(
+    data: bytes | str | Path,
+    source: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Fully decode an image from bytes or a file; any failure becomes :class:`BadSample`.
+
+    ``max_pixels`` bounds the decoded size (None: no budget). The header is read first
+    (``Image.open`` is lazy): a JPEG with more pixels is decoded at 1/2, 1/4 or 1/8 size
+    (the largest that fits, same aspect ratio up to rounding), any other format over the
+    budget is a :class:`BadSample` (skipped and counted), so one huge image never costs a
+    worker gigabytes. With a budget, Pillow's ``DecompressionBombWarning`` is silenced (the
+    budget is the check). Pillow's hard limit stays: an image over
+    ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (~179 MP) is refused when its header is read, before
+    the budget can scale it, and becomes a :class:`BadSample` for any ``max_pixels``; raise
+    or clear ``PIL.Image.MAX_IMAGE_PIXELS`` to read such images at reduced size.
+    """
+    import warnings
+
     source = source or (str(data) if not isinstance(data, bytes) else "<bytes>")
     try:
-        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        with warnings.catch_warnings():
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        if max_pixels is not None:
+            _fit_pixel_budget(img, source, max_pixels)
         img.load()  # PIL decodes lazily; force it so truncated files fail here, not later
+    except BadSample:
+        raise
     except FileNotFoundError:
         raise BadSample(source, "file not found") from None
-    except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb…
+    except Image.DecompressionBombError as exn:
+        raise BadSample(
+            source, f"{exn} (Pillow's PIL.Image.MAX_IMAGE_PIXELS; see zoo.data.decode_image)"
+        ) from None
+    except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError…
         raise BadSample(source, f"{type(exn).__name__}: {exn}") from None
     return img
 
@@ -195,6 +265,10 @@ class SampleBuilder:
         return sample
 
 
+#: Key of the marker an evaluation dataset returns for a bad sample (see ``on_bad``).
+DROPPED = "dropped"
+
+
 class SkipReplaceDataset(Dataset):
     """Map-style base: a bad index is replaced by the next readable one (wrapping around),
     so batches keep their size (``all_gather`` under DDP needs equal shapes).
@@ -208,6 +282,12 @@ class SkipReplaceDataset(Dataset):
     :func:`seeded_rng` of ``sample_seed(key.seed, key.epoch, index)``: the sample is the same
     in any worker, after any restart. Plain ``int`` indices use the ambient RNG, as before.
     """
+
+    #: ``"replace"``: a bad index is replaced by the next readable one (training, so batch
+    #: shapes stay equal across ranks); ``"drop"``: it yields a :data:`DROPPED` marker that
+    #: :func:`zoo.data.collate_samples` removes and counts (evaluation, so a probe fitted on
+    #: N images never includes stand-ins).
+    on_bad: Literal["replace", "drop"] = "replace"
 
     def __init__(self, name: str, builder: SampleBuilder):
         self.name = name
@@ -235,6 +315,13 @@ class SkipReplaceDataset(Dataset):
         return self._read_or_replace(int(index), n)
 
     def _read_or_replace(self, index: int, n: int) -> dict:
+        if self.on_bad == "drop":
+            try:
+                image, caption, label = self.read(index)
+            except BadSample as bad:
+                self.skips.record(bad.source, bad.reason)
+                return {DROPPED: bad.source}
+            return self.builder(image, caption, label)
         for step in range(n):
             j = (index + step) % n
             try:

@@ -17,9 +17,11 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 from zoo.data.samples import (
+    DEFAULT_MAX_PIXELS,
     BadSample,
     SampleBuilder,
     SkipCounter,
+    check_max_pixels,
     decode_image,
     logger,
     parse_label,
@@ -68,9 +70,11 @@ class _DecodeSamples:
         image_keys: Sequence[str],
         caption_key: str,
         label_key: str | None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         self.builder, self.counter = builder, counter
         self.image_keys, self.caption_key, self.label_key = image_keys, caption_key, label_key
+        self.max_pixels = check_max_pixels(max_pixels)
         self._warned_no_label = False
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
@@ -107,7 +111,7 @@ class _DecodeSamples:
     def _image(self, raw: dict, source: str) -> Image.Image:
         for key in self.image_keys:
             if key in raw:
-                return decode_image(raw[key], f"{source}.{key}")
+                return decode_image(raw[key], f"{source}.{key}", self.max_pixels)
         raise BadSample(source, f"no image member among {list(self.image_keys)}")
 
 
@@ -121,12 +125,14 @@ def image_text_webdataset(
     caption_key: str = "txt",
     label_key: str | None = "cls",
     seed: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> IterableDataset:
     """A ``webdataset.DataPipeline`` over image–text shards yielding the zoo sample dicts.
 
     ``shuffle`` > 0 shuffles each worker's shards and a ``shuffle``-sized sample buffer;
     0 reads in order. Members: image under the first of ``image_keys`` (``;``-separated),
     caption under ``caption_key``, integer label under ``label_key`` (-1 when absent).
+    Images are decoded within ``max_pixels`` (:func:`~zoo.data.samples.decode_image`).
     """
     shards = expand_shards(urls)
     counter = SkipCounter(f"webdataset {urls if isinstance(urls, str) else shards[0] + ', …'}")
@@ -136,6 +142,7 @@ def image_text_webdataset(
         [k.strip() for k in image_keys.split(";") if k.strip()],
         caption_key,
         label_key,
+        max_pixels,
     )
     stages: list = [wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker]
     if shuffle > 0:

@@ -99,8 +99,8 @@ def _copy_tokenizer(src: ExportSource, model_dir: Path) -> str:
     target = model_dir / TOKENIZER_DIR
     target.mkdir()
     files = src.tokenizer_files or tuple(p.name for p in folder.iterdir() if p.is_file())
-    for name in files:
-        shutil.copy2(folder / name, target / name)
+    for name in files:  # contents only: new files get the umask mode like the rest
+        shutil.copyfile(folder / name, target / name)
     return TOKENIZER_DIR
 
 
@@ -110,7 +110,7 @@ def _recipe_entry(recipe: Path | None, model_dir: Path) -> dict[str, Any] | None
     recipe = Path(recipe).expanduser()
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe not found: {recipe}")
-    shutil.copy2(recipe, model_dir / RECIPE_FILE)
+    shutil.copyfile(recipe, model_dir / RECIPE_FILE)
     return {"path": display_path(recipe), "sha256": sha256_file(recipe), "file": RECIPE_FILE}
 
 

@@ -9,6 +9,7 @@ sidecar, and only then parses it.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,35 @@ def cast_state(state: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Ten
     return out
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux
+    ``/proc/self/status``; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    return 0o666 & ~current_umask()
+
+
 def save_weights(path: Path, state: Mapping[str, Tensor], metadata: Mapping[str, str]) -> str:
     """Write ``state`` as safetensors with ``metadata`` and its ``.sha256`` sidecar
-    (``sha256sum`` format); returns the hex digest."""
+    (``sha256sum`` format); returns the hex digest. The weights get the same mode as every
+    other file of the folder: safetensors 0.8 writes through a 0600 temp file renamed into
+    place, whatever the umask (huggingface/safetensors issue #782)."""
     from safetensors.torch import save_file
 
     save_file(dict(state), str(path), metadata={k: str(v) for k, v in metadata.items()})
+    os.chmod(path, new_file_mode())
     digest = sha256_file(path)
     path.with_name(digest_file_name(path.name)).write_text(f"{digest}  {path.name}\n")
     return digest
