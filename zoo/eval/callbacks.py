@@ -20,11 +20,18 @@ the same passes (``zoo.eval.sharding``); rank 0's results are published. Metrics
 ``trainer.callback_metrics``, and one summary line is printed. Train/eval flags of every
 submodule are restored afterwards. With ``fast_dev_run=n`` only n batches per split are
 used (a smoke test of the code path, not a measurement).
+
+Pictures and tables go through :mod:`zoo.eval.visuals` to the TensorBoard loggers in
+``trainer.loggers`` only, from global rank 0 only, at ``trainer.global_step``: ZeroShotEval's
+confusion matrix, prediction grid and per-class accuracy (``log_images``, on by default)
+and the projector embeddings of LinearProbeEval / KNNEval (``log_embeddings``, off by
+default). Without such a logger nothing is drawn; a failure while drawing only warns.
+Metrics and summary lines do not depend on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -35,12 +42,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from zoo.eval.features import encode_text_batched, eval_mode, extract_features
+from zoo.eval.features import batch_get, encode_text_batched, eval_mode, extract_features
 from zoo.eval.knn import knn_accuracy
 from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
 from zoo.eval.retrieval import retrieval_recall
 from zoo.eval.sharding import gathered_parameters, parameter_sharding
-from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
+from zoo.eval.visuals import log_embedding, log_eval_visuals, tensorboard_writers
+from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier, zeroshot_logits
 
 Feature = Literal["trunk", "embed"]
 
@@ -67,9 +75,25 @@ class EvalCallback(Callback):
         """Run the protocol on rank 0; ``(metrics, summary line)`` or ``None`` to skip."""
         raise NotImplementedError
 
+    def required_splits(self) -> dict[str, dict[str, bool]]:
+        """The splits this protocol reads and what it needs of each, e.g.
+        ``{"test": {"labels": True}}``; checked at fit start (:meth:`check_data`)."""
+        return {}
+
+    def check_data(self, trainer: pl.Trainer) -> None:
+        """Fail before the first training step if this protocol could not run at the end:
+        each required split is opened and checked by the datamodule
+        (``check_eval_split``), naming the file and the problem."""
+        check = getattr(trainer.datamodule, "check_eval_split", None)
+        if check is None:
+            return
+        for split, needs in self.required_splits().items():
+            check(split, who=type(self).__name__, **needs)
+
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_fit_step = None
+        self.check_data(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -135,14 +159,21 @@ class EvalCallback(Callback):
         return trainer.precision_plugin.forward_context()
 
     def _image_features(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, feature: Feature
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        split: str,
+        feature: Feature,
+        on_batch: Callable[[Any], None] | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(features, labels, caption tokens)`` of a split: trunk (pre-projection) or embed."""
+        """``(features, labels, caption tokens)`` of a split: trunk (pre-projection) or embed.
+        ``on_batch`` sees every encoded batch (``extract_features``)."""
         encoder = pl_module.encoder
         encode = encoder.image_trunk if feature == "trunk" else encoder.encode_image
         convert = trainer.precision_plugin.convert_input
+        stats: dict[str, int] = {}
         with self._encoding(trainer):
-            return extract_features(
+            out = extract_features(
                 lambda images: encode(convert(images)),
                 trainer.datamodule.eval_dataloader(split),
                 pl_module.device,
@@ -150,7 +181,16 @@ class EvalCallback(Callback):
                 max_batches=self._max_batches(trainer),
                 desc=f"{type(self).__name__} {split}",
                 progress=trainer.is_global_zero,
+                stats=stats,
+                on_batch=on_batch,
             )
+        if stats.get("dropped") and trainer.is_global_zero:
+            print(
+                f"{type(self).__name__}: {stats['dropped']} bad {split} images dropped "
+                "(neither scored nor replaced; see the zoo.data warnings)",
+                flush=True,
+            )
+        return out
 
     def _fit_and_score_features(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -165,6 +205,34 @@ class EvalCallback(Callback):
 
     def _skip(self, why: str) -> None:
         rank_zero_warn(f"{type(self).__name__} skipped: {why}")
+
+    def _log_visuals(self, log: Callable[[], Any]) -> None:
+        """Run ``log`` (pictures / tables for TensorBoard, :mod:`zoo.eval.visuals`); a
+        failure there warns and never breaks the evaluation."""
+        try:
+            log()
+        except Exception as err:  # visuals are best effort
+            rank_zero_warn(f"{type(self).__name__}: visuals not logged: {err!r}")
+
+    def _log_embeddings(
+        self, trainer: pl.Trainer, datamodule: Any, tag: str, features: Tensor, labels: Tensor
+    ) -> None:
+        """Features of the scored split for TensorBoard's projector (rank 0, best effort)."""
+        classnames = getattr(datamodule, "classnames", None)
+        self._log_visuals(lambda: log_embedding(trainer, tag, features, labels, classnames))
+
+
+def _keep_images(out: list[Tensor], limit: int) -> Callable[[Any], None]:
+    """An ``extract_features`` ``on_batch`` hook appending the first ``limit`` input images
+    of the pass (in feature order) to ``out``."""
+
+    def keep(batch: Any) -> None:
+        have = sum(len(t) for t in out)
+        images = batch_get(batch, "image")
+        if have < limit and isinstance(images, Tensor):
+            out.append(images[: limit - have].detach().cpu())
+
+    return keep
 
 
 def _topk_summary(label: str, acc: dict[str, float]) -> str:
@@ -184,6 +252,15 @@ class ZeroShotEval(EvalCallback):
 
     Logs ``eval/zeroshot_top{k}``. Needs ``datamodule.classnames``, ``.templates`` and
     ``.tokenizer``; images are embedded with ``encoder.encode_image``.
+
+    With ``log_images=True`` (default) and a ``TensorBoardLogger``, rank 0 also logs
+    (:func:`zoo.eval.visuals.log_eval_visuals`) the row-normalised confusion matrix
+    (``eval/zeroshot_confusion_matrix``, image), the per-class accuracy
+    (``eval/zeroshot_per_class_accuracy``, markdown table) and, when ``grid_size > 0``, the
+    first ``grid_size`` images of the split with their true class and top-3 predictions
+    (``eval/zeroshot_predictions``, image; un-normalised with ``datamodule.mean`` / ``std``,
+    default the OpenAI CLIP statistics). The grid's images are kept from the same pass
+    that embeds the split, so there is no extra forward pass. Metrics are unchanged.
     """
 
     def __init__(
@@ -192,11 +269,31 @@ class ZeroShotEval(EvalCallback):
         split: str = "test",
         text_batch_size: int = 256,
         every_n_epochs: int = 0,
+        log_images: bool = True,
+        grid_size: int = 16,
     ) -> None:
         super().__init__(every_n_epochs)
+        if grid_size < 0:
+            raise ValueError(f"grid_size must be >= 0, got {grid_size}")
         self.top_k = tuple(top_k)
         self.split = split
         self.text_batch_size = text_batch_size
+        self.log_images = log_images
+        self.grid_size = grid_size
+
+    def required_splits(self) -> dict[str, dict[str, bool]]:
+        return {self.split: {"labels": True}}
+
+    def check_data(self, trainer: pl.Trainer) -> None:
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "check_eval_split"):
+            for attr in ("classnames", "templates"):
+                if not getattr(datamodule, attr, None):
+                    raise ValueError(
+                        f"ZeroShotEval needs data.{attr} (a list, a file, or builtin:…), "
+                        "but the datamodule has none"
+                    )
+        super().check_data(trainer)
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
@@ -205,7 +302,10 @@ class ZeroShotEval(EvalCallback):
         templates = getattr(datamodule, "templates", None)
         if not classnames or not templates:
             return self._skip("the datamodule has no classnames / templates")
-        x, y, _ = self._image_features(trainer, pl_module, self.split, "embed")
+        visuals = self.log_images and bool(tensorboard_writers(trainer))
+        samples: list[Tensor] = []
+        keep = _keep_images(samples, self.grid_size) if visuals and self.grid_size else None
+        x, y, _ = self._image_features(trainer, pl_module, self.split, "embed", on_batch=keep)
         if y is None:
             return self._skip(f"the {self.split} split has no labels")
         with self._encoding(trainer):
@@ -219,6 +319,19 @@ class ZeroShotEval(EvalCallback):
                 model=pl_module,
             )
         acc = zeroshot_accuracy(x, y, classifier, self.top_k)
+        if visuals:
+            self._log_visuals(
+                lambda: log_eval_visuals(
+                    trainer,
+                    "eval/zeroshot",
+                    y,
+                    zeroshot_logits(x, classifier).softmax(dim=-1),
+                    classnames,
+                    images=torch.cat(samples) if samples else None,
+                    mean=getattr(datamodule, "mean", None),
+                    std=getattr(datamodule, "std", None),
+                )
+            )
         summary = _topk_summary("zero-shot", acc) + (
             f" on {len(y)} {self.split} images, {len(classnames)} classes"
         )
@@ -230,6 +343,9 @@ class LinearProbeEval(EvalCallback):
 
     Logs ``eval/linear_probe_top1`` and the chosen ``eval/linear_probe_C``; features are the
     pre-projection trunk (``feature="trunk"``) or the projected embedding (``"embed"``).
+    With ``log_embeddings=True`` (default off) and a ``TensorBoardLogger``, rank 0 also
+    writes the scored split's features for TensorBoard's projector under the tag
+    ``eval/linear_probe_embeddings`` (class names as metadata, at most 10,000 points).
     """
 
     def __init__(
@@ -243,6 +359,7 @@ class LinearProbeEval(EvalCallback):
         train_split: str = "train",
         test_split: str = "test",
         every_n_epochs: int = 0,
+        log_embeddings: bool = False,
     ) -> None:
         super().__init__(every_n_epochs)
         self.feature = feature
@@ -253,6 +370,10 @@ class LinearProbeEval(EvalCallback):
         self.seed = seed
         self.train_split = train_split
         self.test_split = test_split
+        self.log_embeddings = log_embeddings
+
+    def required_splits(self) -> dict[str, dict[str, bool]]:
+        return {self.train_split: {"labels": True}, self.test_split: {"labels": True}}
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
@@ -274,6 +395,8 @@ class LinearProbeEval(EvalCallback):
             self.max_iter,
             self.standardize,
         )
+        if self.log_embeddings:
+            self._log_embeddings(trainer, datamodule, "eval/linear_probe_embeddings", xte, yte)
         summary = (
             f"linear probe ({self.feature}) top-1: {res['top1']:.2f}% (C={res['C']:g}) "
             f"on {len(yte)} {self.test_split} images, fitted on {len(ytr)}"
@@ -284,7 +407,9 @@ class LinearProbeEval(EvalCallback):
 class KNNEval(EvalCallback):
     """Weighted kNN accuracy (InstDisc / DINO: k neighbours, votes exp(cos / T)).
 
-    Logs ``eval/knn_top{k}`` for ``top_k``.
+    Logs ``eval/knn_top{k}`` for ``top_k``. ``log_embeddings=True`` (default off) writes
+    the scored split's features for TensorBoard's projector (``eval/knn_embeddings``), as
+    :class:`LinearProbeEval` does.
     """
 
     def __init__(
@@ -296,6 +421,7 @@ class KNNEval(EvalCallback):
         train_split: str = "train",
         test_split: str = "test",
         every_n_epochs: int = 0,
+        log_embeddings: bool = False,
     ) -> None:
         super().__init__(every_n_epochs)
         self.k = k
@@ -304,6 +430,10 @@ class KNNEval(EvalCallback):
         self.top_k = tuple(top_k)
         self.train_split = train_split
         self.test_split = test_split
+        self.log_embeddings = log_embeddings
+
+    def required_splits(self) -> dict[str, dict[str, bool]]:
+        return {self.train_split: {"labels": True}, self.test_split: {"labels": True}}
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
@@ -314,6 +444,8 @@ class KNNEval(EvalCallback):
         xtr, ytr, xte, yte = pair
         num_classes = _num_classes(datamodule, ytr, yte)
         acc = knn_accuracy(xtr, ytr, xte, yte, num_classes, self.k, self.temperature, self.top_k)
+        if self.log_embeddings:
+            self._log_embeddings(trainer, datamodule, "eval/knn_embeddings", xte, yte)
         label = f"kNN (k={self.k}, T={self.temperature:g}, {self.feature})"
         summary = _topk_summary(label, acc) + (
             f" on {len(yte)} {self.test_split} images, {len(ytr)} in the memory bank"
@@ -340,6 +472,9 @@ class RetrievalEval(EvalCallback):
         self.split = split
         self.ks = tuple(ks)
         self.text_batch_size = text_batch_size
+
+    def required_splits(self) -> dict[str, dict[str, bool]]:
+        return {self.split: {"labels": False, "captions": True}}
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any

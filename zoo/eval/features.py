@@ -65,6 +65,8 @@ def extract_features(
     max_batches: int | None = None,
     desc: str = "features",
     progress: bool = True,
+    stats: dict[str, int] | None = None,
+    on_batch: Callable[[Any], None] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Run ``fn(*[batch[k] for k in keys])`` over ``loader`` and gather the outputs.
 
@@ -79,6 +81,11 @@ def extract_features(
         max_batches: stop after this many batches (``fast_dev_run`` smoke tests).
         desc: progress-bar label; the tqdm bar is disabled when stderr is not a TTY.
         progress: ``False`` hides the bar (ranks other than 0 under FSDP).
+        stats: when given, ``stats["dropped"]`` is increased by the number of bad samples
+            the loader dropped (evaluation datasets drop bad images, see
+            :func:`zoo.data.collate_samples`; streamed shards report them as ``skipped``).
+        on_batch: called with every batch that is encoded, in order (e.g. to keep a few
+            input images for pictures of the predictions, :mod:`zoo.eval.visuals`).
 
     Returns:
         ``(features, labels, texts)``: features ``(N, D)`` float32 on CPU; labels ``(N,)``
@@ -95,6 +102,14 @@ def extract_features(
         for i, batch in enumerate(bar):
             if max_batches is not None and i >= max_batches:
                 break
+            if stats is not None:
+                stats["dropped"] = stats.get("dropped", 0) + sum(
+                    int(batch_get(batch, k) or 0) for k in ("dropped", "skipped")
+                )
+            if batch_get(batch, keys[0]) is None:  # every sample of the batch was dropped
+                continue
+            if on_batch is not None:
+                on_batch(batch)
             inputs = [batch_get(batch, k).to(device, non_blocking=True) for k in keys]
             feats.append(fn(*inputs).float().cpu())
             label = batch_get(batch, "label")
