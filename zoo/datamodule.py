@@ -121,6 +121,26 @@ class ZooDataModule(L.LightningDataModule):
         else:
             self._train_loader_state = state
 
+    def check_train_size(self, dataset: Dataset, where: str = "data.train") -> None:
+        """Fail, naming ``where``, unless ``dataset`` gives every rank one full batch
+        (``drop_last``) or at least one sample: a smaller set would exit 0 with "no training
+        batches", leaving no checkpoint and no evaluation. Streamed sets are not sized."""
+        if isinstance(dataset, IterableDataset):
+            return  # streamed: its size is data.epoch_samples
+        world = self.trainer.world_size if self.trainer is not None else 1
+        needed = self.batch_size * world if self.drop_last else world
+        have = len(dataset)
+        if have < needed:
+            what = (
+                f"one full batch per rank (batch_size {self.batch_size} x {world} ranks)"
+                if self.drop_last
+                else f"one sample per rank ({world} ranks)"
+            )
+            raise ValueError(
+                f"{where} holds {have} samples; training needs at least {needed}: {what}"
+                + ("" if have else " (is the table empty, or only a header?)")
+            )
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
@@ -502,7 +522,7 @@ class ImageTextDataModule(ZooDataModule):
         so bad data fails here, before the first step, not after training."""
         if stage in (None, "fit") and self.train_set is None and self.splits["train"]:
             self.train_set = self.build_dataset("train", train=True)
-            self._check_train_size(self.train_set)
+            self.check_train_size(self.train_set, self.splits["train"].where)
         if stage in (None, "fit", "validate") and self.val_set is None and self.splits["val"]:
             self.val_set = self.build_dataset("val", train=False)
             if isinstance(self.val_set, SkipReplaceDataset):
@@ -512,24 +532,6 @@ class ImageTextDataModule(ZooDataModule):
             for split in ("test", "probe_train"):
                 if self.splits[split] is not None:
                     self._eval_set(split)
-
-    def _check_train_size(self, dataset: Dataset) -> None:
-        if isinstance(dataset, IterableDataset):
-            return  # streamed: its size is data.epoch_samples
-        world = self.trainer.world_size if self.trainer is not None else 1
-        needed = self.batch_size * world if self.drop_last else world
-        have = len(dataset)
-        if have < needed:
-            spec = self.splits["train"]
-            what = (
-                f"one full batch per rank (batch_size {self.batch_size} x {world} ranks)"
-                if self.drop_last
-                else f"one sample per rank ({world} ranks)"
-            )
-            raise ValueError(
-                f"{spec.where} holds {have} samples; training needs at least {needed}: {what}"
-                + ("" if have else " (is the table empty, or only a header?)")
-            )
 
     def _eval_set(
         self, split: str, require_labels: bool = False, who: str = "an evaluation"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli_helpers import fail as _fail
 from zoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,14 +62,6 @@ def test_paper_scale_recipe_parses(recipe, capsys):
     # the paper's global batch: 64 per GPU x 8 GPUs x 8 nodes
     trainer, data = printed["trainer"], printed["data"]["init_args"]
     assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] == 4096
-
-
-def _fail(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code not in (0, None)
-    captured = capsys.readouterr()
-    return captured.err + captured.out
 
 
 def test_unknown_key_fails_before_training_naming_it(capsys, tmp_path):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cli_helpers import fail as _fail
 from zoo.cli import main
 from zoo.data.columns import NotUTF8Error, read_table_columns
 from zoo.data.formats import ImageTextTable, image_text_webdataset
@@ -136,14 +137,6 @@ def test_read_table_columns_rejects_unknown_bad_rows_policy(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- CLI options
-
-
-def _fail(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code not in (0, None)
-    captured = capsys.readouterr()
-    return captured.err + captured.out
 
 
 def test_abbreviated_option_is_refused_before_training(tmp_path, capsys) -> None:
