@@ -14,7 +14,8 @@
   ``GatherLayer``): ``zoo.losses.nt_xent``;
 - h_s: the SSL head ``Linear(vw, 4096) → BN → ReLU → Linear(4096, 4096) → BN → ReLU →
   Linear(4096, 256)`` on the image trunk's pooled feature (before the CLIP projection);
-  SyncBN at scale via ``trainer.sync_batchnorm``;
+  its batch norms are SyncBN (``MLPSpec.norm="syncbn"``, :class:`zoo.heads.norm.GlobalBatchNorm1d`:
+  statistics over every data-parallel rank on any device, no ``trainer.sync_batchnorm``);
 - c = ``ssl_scale`` = 1.0; logit scale clamped to [0, 4.6052] after each step;
 - optimiser: AdamW (0.9, 0.98), lr 3e-3, weight decay 0.1, warm-up 1 epoch, cosine to 1e-5.
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo.registry import get_paper, papers
+from zoo.recipe_index import get_paper, papers
 
 
 def list_command(argv: Sequence[str]) -> int:

@@ -65,7 +65,7 @@ class ZooDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
         """Eval loaders keep the dataset order. Map-style training data goes through
-        :class:`zoo.faults.ResumableDataLoader`: order a function of (seed, epoch), sample
+        :class:`zoo.data.resumable.ResumableDataLoader`: order a function of (seed, epoch), sample
         randomness of (seed, epoch, index), position checkpointed, so a resumed run is
         exact. Iterable (WebDataset) training data shuffles in its own buffer."""
         from zoo.data import collate_samples
@@ -82,7 +82,7 @@ class ZooDataModule(L.LightningDataModule):
         return DataLoader(dataset, shuffle=False, drop_last=train and self.drop_last, **common)
 
     def _resumable_loader(self, dataset: Dataset, common: dict[str, Any]) -> DataLoader:
-        from zoo.faults import EpochSampler, ResumableDataLoader
+        from zoo.data.resumable import EpochSampler, ResumableDataLoader
 
         # the seed seed_everything exported, as Lightning's own DistributedSampler uses
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))

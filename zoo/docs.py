@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.registry import Paper, papers
-from zoo.registry import recipes_dir as recipes_root
+from zoo.recipe_index import Paper, papers
+from zoo.recipe_index import recipes_dir as recipes_root
 
 HEADER = "<!-- generated from metafile.yaml by `zoo docs`; do not edit by hand -->\n"
 

@@ -5,7 +5,7 @@ under ``data:`` by ``class_path``. jsonargparse checks every key and type before
 built, so a typo fails at once and names the key; abbreviated options are refused too
 (``--trainer.max_epoch`` is an error, not ``--trainer.max_epochs``).
 
-``fit`` also gets the fault handling of :mod:`zoo.faults`: a non-finite loss guard and
+``fit`` also gets the fault handling of :mod:`zoo.callbacks` and :mod:`zoo.preflight`: a non-finite loss guard and
 per-step seeding (added unless the recipe lists them), pre-flight checks of the log and
 checkpoint directories (writable, disk not too full) before any step, and
 ``--ckpt_path last`` resolved across the logger's version directories.
@@ -38,12 +38,12 @@ def _cli_class():
                     raise
                 self.parser.error(found[0])
             if self.subcommand == "fit":
-                from zoo.faults import add_fit_callbacks
+                from zoo.preflight import add_fit_callbacks
 
                 add_fit_callbacks(self.trainer)
 
         def before_fit(self) -> None:
-            from zoo.faults import preflight
+            from zoo.preflight import preflight
 
             self._resolve_last_checkpoint()
             preflight(self.trainer, self.model)
@@ -59,7 +59,7 @@ def _cli_class():
             logger version folder and would silently start from scratch; look in all."""
             import logging
 
-            from zoo.faults import find_last_checkpoint
+            from zoo.preflight import find_last_checkpoint
 
             config = self.config_init[self.subcommand]
             if config.get("ckpt_path") != "last":

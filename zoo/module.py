@@ -120,7 +120,7 @@ class ZooModule(L.LightningModule):
         """Log a dict of loss terms as ``{prefix}/{name}``; ``loss`` goes to the progress bar.
 
         Training terms are also kept (detached, no host sync) as ``last_loss_terms``, so
-        :class:`zoo.faults.NonFiniteGuard` can name the terms that went NaN / Inf.
+        :class:`zoo.callbacks.NonFiniteGuard` can name the terms that went NaN / Inf.
         """
         if prefix == "train":
             self.last_loss_terms = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from zoo.docs import TABLE_END, TABLE_START, readme_path, render_papers_table, render_readme
-from zoo.registry import get_paper, papers
+from zoo.recipe_index import get_paper, papers
 
 ROOT = Path(__file__).resolve().parents[2]
 

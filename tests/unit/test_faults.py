@@ -1,4 +1,4 @@
-"""Fault handling (zoo.faults): the training data stream is a function of (seed, epoch,
+"""Fault handling (zoo.data.resumable, zoo.callbacks, zoo.preflight): the training data stream is a function of (seed, epoch,
 position) whatever the workers, a non-finite loss stops training before its step and keeps
 the last good checkpoint, and unwritable / full output directories fail before training."""
 
@@ -22,24 +22,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch.utils.data import Dataset
 
+from zoo.callbacks import ExactResume, NonFiniteGuard, NonFiniteLossError, NonFiniteWeightsError
 from zoo.data import build_transform
 from zoo.data.formats import ImageTextTable
+from zoo.data.resumable import ResumableDataLoader
 from zoo.data.samples import SampleKey
 from zoo.data.tokenizers import TextTokenizer
 from zoo.datamodule import ZooDataModule
-from zoo.faults import (
-    ExactResume,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    PreflightError,
-    ResumableDataLoader,
-    checkpoint_bytes,
-    find_last_checkpoint,
-    preflight,
-)
 from zoo.lightning_cli import run_lightning_cli
 from zoo.module import ZooModule
+from zoo.preflight import PreflightError, checkpoint_bytes, find_last_checkpoint, preflight
 
 N_IMAGES, BATCH, EPOCHS = 45, 8, 2  # 5 batches per epoch (drop_last)
 

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from zoo.ledger import validate_metafile
-from zoo.registry import papers
+from zoo.recipe_index import papers
 
 GOOD_REPRODUCED = {
     "recipe": "tiny.yaml",

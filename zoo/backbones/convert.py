@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from zoo.backbones.dual_encoder import LOG_100, DualEncoder, DualEncoderSpec, build_dual_encoder
 from zoo.backbones.text import CLIPTextTower, TextSpec
 from zoo.backbones.vision import VisionSpec
+from zoo.hub.security import UntrustedCheckpointError
 
 if TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPModel
@@ -152,10 +153,6 @@ _HF_TO_ZOO_VISION = {
 }
 # Zoo keys whose tensor gains leading singleton dims in timm: (D,) → (1, 1, D), (N, D) → (1, N, D).
 _TIMM_TOKEN_PARAMS = ("visual.cls_token", "visual.pos_embed")
-
-
-class UntrustedCheckpointError(ValueError):
-    """A checkpoint needs unpickling (arbitrary code execution) and ``trust_pickle`` is False."""
 
 
 # --------------------------------------------------------------------------- helpers

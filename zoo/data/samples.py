@@ -7,10 +7,10 @@ are never dropped silently: they are logged (logger ``zoo.data``, rate-limited),
 per dataset, and reported in the ``"skipped"`` field of the sample that replaced them.
 
 Training randomness is a function of (seed, epoch, index) only: the training sampler
-(:class:`zoo.faults.EpochSampler`) hands out :class:`SampleKey` indices, and map-style
+(:class:`zoo.data.resumable.EpochSampler`) hands out :class:`SampleKey` indices, and map-style
 datasets draw each sample's augmentations and caption choice from RNGs seeded by that key,
 whichever worker process reads it. That makes a resumed run see exactly the samples an
-uninterrupted one would (see :mod:`zoo.faults`).
+uninterrupted one would (see :mod:`zoo.data.resumable`).
 """
 
 from __future__ import annotations

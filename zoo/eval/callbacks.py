@@ -122,7 +122,7 @@ class EvalCallback(Callback):
             self._skip(
                 f"the parameters are sharded by {type(trainer.strategy).__name__} in a way "
                 "the evaluation callbacks cannot gather (FSDP2 / DeepSpeed ZeRO-3); evaluate "
-                "the saved checkpoint with `zoo test` on one device or with DDP"
+                "the saved checkpoint on one device or with DDP: `zoo test --config RECIPE --ckpt_path CKPT`"
             )
         elif sharding == "fsdp" or trainer.is_global_zero:
             datamodule = trainer.datamodule

@@ -46,13 +46,8 @@ class TamperedWeightsError(ValueError):
     """The weights' sha256 differs from the recorded digest."""
 
 
-def __getattr__(name: str) -> Any:
-    # ``UntrustedCheckpointError`` lives with the converters (which import torch): lazy.
-    if name == "UntrustedCheckpointError":
-        from zoo.backbones.convert import UntrustedCheckpointError
-
-        return UntrustedCheckpointError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint needs unpickling (arbitrary code execution) and ``trust_pickle`` is False."""
 
 
 def check_name(name: str) -> str:
@@ -132,8 +127,6 @@ def check_weights_format(path: Path, trust_pickle: bool) -> None:
         return
     if suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
-            from zoo.backbones.convert import UntrustedCheckpointError
-
             raise UntrustedCheckpointError(
                 f"{path} is a pickle ({suffix}): unpickling can run arbitrary code, so it is "
                 "refused. Pass trust_pickle=True only if you trust its source."

@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+__all__ = ["CompileModules"]
+
 
 class CompileModules(L.Callback):
     """``torch.compile`` submodules of the paper module before training (the compile switch).
