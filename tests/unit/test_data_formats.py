@@ -189,7 +189,7 @@ def test_table_errors(tmp_path, tokenizer) -> None:
         ImageTextTable(path, tokenizer=tokenizer, label_key="cls")
     all_bad = tmp_path / "bad.csv"
     all_bad.write_text("image,caption,label\nimgs/corrupt.png,x,1\nimgs/missing.png,y,2\n")
-    with pytest.raises(RuntimeError, match="none of its 2 images"):
+    with pytest.raises(RuntimeError, match="none of its 2 samples"):
         ImageTextTable(all_bad, tokenizer=tokenizer)[1]
 
 

@@ -1,5 +1,7 @@
-"""Image–text datasets over real on-disk formats, all yielding the sample dict of
-:mod:`zoo.data.samples` and sharing its skip-and-count policy:
+"""Image–text datasets over real on-disk formats. Each ``read`` returns the record
+``{"image": PIL, "caption": str, "label": int}`` and its builder (default
+:class:`~zoo.data.builders.ImageTextBuilder`, or any ``builder=`` that consumes those
+fields) makes the sample; all share the skip-and-count policy of :mod:`zoo.data.samples`:
 
 - :class:`ImageTextTable`: a CSV / TSV / JSONL table of image paths and captions
   (CC3M / YFCC15M style);
@@ -17,11 +19,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from zoo.data.builders import Builder, ImageTextBuilder
 from zoo.data.columns import BadRows, describe_non_utf8, read_table_columns
 from zoo.data.samples import (
     DEFAULT_MAX_PIXELS,
     BadSample,
-    SampleBuilder,
     SkipCounter,
     SkipReplaceDataset,
     check_max_pixels,
@@ -32,7 +34,7 @@ from zoo.data.samples import (
 from zoo.data.shards import image_text_webdataset
 from zoo.data.tokenizers import TextTokenizer
 
-__all__ = ["HFImageText", "ImageTextTable", "image_text_webdataset"]
+__all__ = ["HFImageText", "ImageTextTable", "decode_hf_image", "image_text_webdataset"]
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -63,7 +65,8 @@ class ImageTextTable(SkipReplaceDataset):
     ``bad_rows``: a row whose image path or caption is not valid UTF-8 fails the load with
     the file, line, row and column (``"error"``), or is left out, logged and counted in
     ``skipped_rows`` (``"skip"``). ``max_pixels``: the decoding budget of
-    :func:`~zoo.data.samples.decode_image` (None: none).
+    :func:`~zoo.data.samples.decode_image` (None: none). ``builder``: the sample builder
+    (default ``ImageTextBuilder(image_transform, tokenizer, view_transforms)``).
     """
 
     def __init__(
@@ -78,13 +81,15 @@ class ImageTextTable(SkipReplaceDataset):
         label_key: str | None = "label",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         bad_rows: BadRows = "error",
+        builder: Builder | None = None,
     ):
         self.max_pixels = check_max_pixels(max_pixels)
         self.table = Path(table)
         if not self.table.is_file():
             raise FileNotFoundError(f"image-text table not found: {self.table}")
         super().__init__(
-            str(self.table), SampleBuilder(image_transform, tokenizer, view_transforms)
+            str(self.table),
+            builder or ImageTextBuilder(image_transform, tokenizer, view_transforms),
         )
         self.image_root = Path(image_root) if image_root is not None else self.table.parent
         self.caption_keys = _as_keys(caption_keys)
@@ -110,13 +115,14 @@ class ImageTextTable(SkipReplaceDataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def read(self, index: int) -> tuple[Image.Image, str, int]:
+    def read(self, index: int) -> dict[str, Any]:
         if not self.images[index]:
             raise BadSample(f"{self.table} row {index}", "empty image path")
         path = self.image_root / self.images[index]  # an absolute path stays absolute
         captions = [column[index] for column in self.captions]
         image = decode_image(path, max_pixels=self.max_pixels)
-        return image, pick_caption(captions), int(self.labels[index])
+        caption, label = pick_caption(captions), int(self.labels[index])
+        return {"image": image, "caption": caption, "label": label, "source": str(path)}
 
 
 def _infer_builder(source: Path | list[Path]) -> str:
@@ -148,6 +154,28 @@ def _raise_if_not_utf8(exn: BaseException, src: Path | list[Path]) -> None:
     ) from exn
 
 
+def decode_hf_image(
+    cell: dict[str, Any] | None,
+    source: str,
+    base_dir: Path | None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode one cell of a ``datasets.Image(decode=False)`` column (``{"bytes", "path"}``)
+    with :func:`~zoo.data.samples.decode_image`; a relative path that does not exist is
+    looked up under ``base_dir``. Any failure is a :class:`BadSample` naming ``source``."""
+    cell = cell or {}
+    path = cell.get("path")
+    source += f" ({path})" if path else ""
+    if cell.get("bytes") is not None:
+        return decode_image(cell["bytes"], source, max_pixels)
+    if path:
+        p = Path(path)
+        if not p.is_absolute() and base_dir is not None and not p.exists():
+            p = base_dir / p
+        return decode_image(p, source, max_pixels)
+    raise BadSample(source, "no image bytes or path")
+
+
 class HFImageText(SkipReplaceDataset):
     """A Hugging Face ``datasets`` source read offline: an ``imagefolder`` folder (images +
     ``metadata.csv`` / ``metadata.jsonl`` with ``file_name``, caption and label columns; split
@@ -156,7 +184,10 @@ class HFImageText(SkipReplaceDataset):
 
     The image column is cast to ``Image(decode=False)`` so images are decoded here (within
     ``max_pixels``, see :func:`~zoo.data.samples.decode_image`) and bad ones skipped and
-    counted like :class:`ImageTextTable`'s.
+    counted like :class:`ImageTextTable`'s. ``builder``: the sample builder (default
+    ``ImageTextBuilder(image_transform, tokenizer, view_transforms)``); a string there is
+    the Hugging Face builder name of old, now ``hf_builder`` (``"imagefolder"`` /
+    ``"parquet"``, inferred when None).
     """
 
     def __init__(
@@ -169,12 +200,15 @@ class HFImageText(SkipReplaceDataset):
         image_key: str = "image",
         caption_keys: str | Sequence[str] = "caption",
         label_key: str | None = "label",
-        builder: str | None = None,
+        builder: Builder | str | None = None,
         cache_dir: str | Path | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        hf_builder: str | None = None,
     ):
         import datasets
 
+        if isinstance(builder, str):  # before sample builders, builder= named the HF builder
+            hf_builder, builder = builder, None
         self.max_pixels = check_max_pixels(max_pixels)
         src: Path | list[Path] = (
             Path(source) if isinstance(source, str | Path) else [Path(s) for s in source]
@@ -183,8 +217,10 @@ class HFImageText(SkipReplaceDataset):
             if not path.exists():
                 raise FileNotFoundError(f"Hugging Face dataset source not found: {path}")
         name = f"{source}[{split}]"
-        super().__init__(name, SampleBuilder(image_transform, tokenizer, view_transforms))
-        self.builder_name = builder or _infer_builder(src)
+        super().__init__(
+            name, builder or ImageTextBuilder(image_transform, tokenizer, view_transforms)
+        )
+        self.builder_name = hf_builder or _infer_builder(src)
         self.split = split
         try:
             ds = self._load(src, split, None if cache_dir is None else str(cache_dir))
@@ -226,20 +262,10 @@ class HFImageText(SkipReplaceDataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def read(self, index: int) -> tuple[Image.Image, str, int]:
+    def read(self, index: int) -> dict[str, Any]:
         row = self.dataset[index]
-        cell = row[self.image_key] or {}
-        path = cell.get("path")
-        source = f"{self.name} row {index}" + (f" ({path})" if path else "")
-        if cell.get("bytes") is not None:
-            image = decode_image(cell["bytes"], source, self.max_pixels)
-        elif path:
-            p = Path(path)
-            if not p.is_absolute() and self.base_dir is not None and not p.exists():
-                p = self.base_dir / p
-            image = decode_image(p, source, self.max_pixels)
-        else:
-            raise BadSample(source, "no image bytes or path")
+        source = f"{self.name} row {index}"
+        image = decode_hf_image(row[self.image_key], source, self.base_dir, self.max_pixels)
         caption = pick_caption([row.get(k) for k in self.caption_keys])
         label = parse_label(row.get(self.label_key)) if self.label_key else -1
-        return image, caption, label
+        return {"image": image, "caption": caption, "label": label, "source": source}

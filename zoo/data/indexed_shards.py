@@ -22,16 +22,15 @@ import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
 
+from zoo.data.builders import Builder, ImageTextBuilder
 from zoo.data.columns import PackedStrings
 from zoo.data.samples import (
     DEFAULT_MAX_PIXELS,
     BadSample,
-    SampleBuilder,
     SkipReplaceDataset,
     check_max_pixels,
     decode_image,
@@ -62,7 +61,9 @@ class IndexedShards(SkipReplaceDataset):
     ``caption_key`` (UTF-8), the integer label under ``label_key`` (-1 when absent). A
     sample without an image member or with an undecodable image is skipped, counted and
     replaced, as in :class:`~zoo.data.formats.ImageTextTable`. Images are decoded within
-    ``max_pixels`` (:func:`~zoo.data.samples.decode_image`).
+    ``max_pixels`` (:func:`~zoo.data.samples.decode_image`). ``read`` returns the record
+    ``{"image", "caption", "label", "source"}``; ``builder`` makes the sample (default
+    ``ImageTextBuilder(image_transform, tokenizer, view_transforms)``).
     """
 
     def __init__(
@@ -75,12 +76,13 @@ class IndexedShards(SkipReplaceDataset):
         caption_key: str = "txt",
         label_key: str | None = "cls",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        builder: Builder | None = None,
     ):
         self.max_pixels = check_max_pixels(max_pixels)
         self.shards = [s.removeprefix("file:") for s in expand_shards(urls)]
         super().__init__(
             f"webdataset {self.shards[0]}{', …' if len(self.shards) > 1 else ''}",
-            SampleBuilder(image_transform, tokenizer, view_transforms),
+            builder or ImageTextBuilder(image_transform, tokenizer, view_transforms),
         )
         wanted = {
             "image": [k.strip() for k in image_keys.split(";") if k.strip()],
@@ -120,7 +122,7 @@ class IndexedShards(SkipReplaceDataset):
         f.seek(offset)
         return f.read(size)
 
-    def read(self, index: int) -> tuple[Image.Image, str, int]:
+    def read(self, index: int) -> dict[str, Any]:
         source = f"{self.shards[int(self.shard_of[index])]}:{self.keys[index]}"
         image_bytes = self._member(index, 0)
         if image_bytes is None:
@@ -132,7 +134,7 @@ class IndexedShards(SkipReplaceDataset):
             label = parse_label(label_bytes) if label_bytes is not None else -1
         except ValueError as exn:
             raise BadSample(source, f"bad label: {exn}") from None
-        return image, caption, label
+        return {"image": image, "caption": caption, "label": label, "source": source}
 
 
 def _cached_index(path: str, wanted: dict[str, list[str]]) -> tuple[list[str], np.ndarray]:

@@ -1,10 +1,16 @@
-"""The sample dict every format yields, and the shared skip-and-count policy for bad files.
+"""The dataset side of the sample contract, shared by every kind of data.
 
-A sample is ``{"image": (3, H, W) float, "text": (L,) long, "caption": str, "label": int,
-"skipped": int}`` plus ``"views": [(3, H, W), ...]`` when view transforms are given (SLIP:
-image, caption tokens, aug1, aug2). Undecodable or missing images never stop training and
-are never dropped silently: they are logged (logger ``zoo.data``, rate-limited), counted
-per dataset, and reported in the ``"skipped"`` field of the sample that replaced them.
+A reader's ``read(index)`` returns a raw **record**, a dict of named fields (e.g.
+``{"image": PIL, "caption": str, "label": int}``, or ``{"image": PIL, "boxes": ...,
+"words": [...]}``); a **builder** (:mod:`zoo.data.builders`) turns the record into the
+sample dict (transforms, tokenizer) and declares how each field is batched
+(:mod:`zoo.data.collate`). Image–text samples are ``{"image": (3, H, W) float, "text": (L,)
+long, "caption": str, "label": int, "skipped": int}`` plus ``"views": [(3, H, W), ...]``
+when view transforms are given (SLIP: image, caption tokens, aug1, aug2).
+
+Undecodable or missing images never stop training and are never dropped silently: they
+are logged (logger ``zoo.data``, rate-limited), counted per dataset, and reported in the
+``"skipped"`` field of the sample that replaced them, whatever the builder.
 
 Training randomness is a function of (seed, epoch, index) only: the training sampler
 (:class:`zoo.data.resumable.EpochSampler`) hands out :class:`SampleKey` indices, and map-style
@@ -19,18 +25,18 @@ import hashlib
 import io
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zoo.data.tokenizers import TextTokenizer
-from zoo.data.transforms import to_rgb_tensor
+if TYPE_CHECKING:
+    from zoo.data.builders import Builder
 
 logger = logging.getLogger("zoo.data")
 
@@ -239,48 +245,40 @@ def parse_label(value: Any) -> int:
     return int(value)
 
 
-class SampleBuilder:
-    """Decoded image + caption + label → the sample dict (transforms and tokenizer applied)."""
-
-    def __init__(
-        self,
-        image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        tokenizer: TextTokenizer | None = None,
-        view_transforms: Sequence[Callable[[Image.Image], torch.Tensor]] = (),
-    ):
-        self.image_transform = image_transform or to_rgb_tensor()
-        self.tokenizer = tokenizer or TextTokenizer()
-        self.view_transforms = list(view_transforms)
-
-    def __call__(self, image: Image.Image, caption: str, label: int, skipped: int = 0) -> dict:
-        sample: dict[str, Any] = {
-            "image": self.image_transform(image),
-            "text": self.tokenizer(caption),
-            "caption": caption,
-            "label": int(label),
-            "skipped": int(skipped),
-        }
-        if self.view_transforms:
-            sample["views"] = [view(image) for view in self.view_transforms]
-        return sample
-
-
 #: Key of the marker an evaluation dataset returns for a bad sample (see ``on_bad``).
 DROPPED = "dropped"
+
+
+#: The fields of a legacy ``read`` that returned ``(image, caption, label)``.
+_LEGACY_RECORD = ("image", "caption", "label")
+
+
+def as_record(value: Mapping[str, Any] | tuple) -> dict[str, Any]:
+    """``read``'s result as a record dict; an ``(image, caption, label)`` tuple (the
+    contract before builders) is named, so readers written against it keep working."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple) and len(value) == len(_LEGACY_RECORD):
+        return dict(zip(_LEGACY_RECORD, value))
+    raise TypeError(f"read() must return a record dict, got {type(value).__name__}")
 
 
 class SkipReplaceDataset(Dataset):
     """Map-style base: a bad index is replaced by the next readable one (wrapping around),
     so batches keep their size (``all_gather`` under DDP needs equal shapes).
 
-    Subclasses implement ``__len__`` and ``read(index) -> (PIL image, caption, label)``,
-    raising :class:`BadSample` for unreadable images. A sample's ``"skipped"`` is 1 when its
-    own index was bad, so over one pass the ``"skipped"`` sum equals the number of bad files
-    (bad neighbours tried on the way are logged, and counted when their own index comes).
+    Subclasses implement ``__len__`` and ``read(index) -> record`` (a dict of raw fields,
+    e.g. ``{"image": PIL, "caption": str, "label": int}``), raising :class:`BadSample` for
+    unreadable data; ``builder(record, skipped=...)`` makes the sample, and may raise
+    :class:`BadSample` too (a malformed record: skipped and counted the same way). A
+    sample's ``"skipped"`` is 1 when its own index was bad, so over one pass the
+    ``"skipped"`` sum equals the number of bad records (bad neighbours tried on the way are
+    logged, and counted when their own index comes).
 
     Indexed with a :class:`SampleKey`, the read, augmentations and caption choice run under
     :func:`seeded_rng` of ``sample_seed(key.seed, key.epoch, index)``: the sample is the same
     in any worker, after any restart. Plain ``int`` indices use the ambient RNG, as before.
+    None of this depends on the kind of record or builder.
     """
 
     #: ``"replace"``: a bad index is replaced by the next readable one (training, so batch
@@ -289,7 +287,7 @@ class SkipReplaceDataset(Dataset):
     #: N images never includes stand-ins).
     on_bad: Literal["replace", "drop"] = "replace"
 
-    def __init__(self, name: str, builder: SampleBuilder):
+    def __init__(self, name: str, builder: Builder):
         self.name = name
         self.builder = builder
         self.skips = SkipCounter(name)
@@ -299,10 +297,14 @@ class SkipReplaceDataset(Dataset):
         """Bad reads seen by this process (each worker counts its own)."""
         return self.skips.total
 
+    def collator(self) -> Any:
+        """The ``collate_fn`` for this dataset's samples (its builder's fields)."""
+        return self.builder.collator()
+
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def read(self, index: int) -> tuple[Image.Image, str, int]:
+    def read(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:
@@ -314,20 +316,29 @@ class SkipReplaceDataset(Dataset):
                 return self._read_or_replace(int(index), n)
         return self._read_or_replace(int(index), n)
 
+    def _build(self, index: int, skipped: int) -> dict:
+        return self.builder(as_record(self.read(index)), skipped=skipped)
+
     def _read_or_replace(self, index: int, n: int) -> dict:
         if self.on_bad == "drop":
             try:
-                image, caption, label = self.read(index)
+                return self._build(index, 0)
             except BadSample as bad:
                 self.skips.record(bad.source, bad.reason)
                 return {DROPPED: bad.source}
-            return self.builder(image, caption, label)
         for step in range(n):
             j = (index + step) % n
             try:
-                image, caption, label = self.read(j)
+                return self._build(j, int(step > 0))
             except BadSample as bad:
                 self.skips.record(bad.source, bad.reason)
-                continue
-            return self.builder(image, caption, label, skipped=int(step > 0))
-        raise RuntimeError(f"{self.name}: none of its {n} images can be read; see the warnings")
+        raise RuntimeError(f"{self.name}: none of its {n} samples can be read; see the warnings")
+
+
+def __getattr__(name: str) -> Any:
+    # SampleBuilder lived here before the builders had a module of their own.
+    if name == "SampleBuilder":
+        from zoo.data.builders import SampleBuilder
+
+        return SampleBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

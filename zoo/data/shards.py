@@ -1,5 +1,9 @@
 """WebDataset tar shards → the zoo's sample dicts (``webdataset`` pipeline stages).
 
+Each sample's members become the record ``{"image": PIL, "caption": str, "label": int}``
+(plus ``"source"``), which the builder (default
+:class:`~zoo.data.builders.ImageTextBuilder`) turns into the sample.
+
 Shards are split by node (``torch.distributed`` rank) and by DataLoader worker, so each
 valid sample is read once per epoch across all processes. A bad member (undecodable or
 missing image) is logged, counted and skipped; the next sample's ``"skipped"`` reports it.
@@ -16,10 +20,10 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from zoo.data.builders import Builder, ImageTextBuilder
 from zoo.data.samples import (
     DEFAULT_MAX_PIXELS,
     BadSample,
-    SampleBuilder,
     SkipCounter,
     check_max_pixels,
     decode_image,
@@ -61,11 +65,12 @@ class _Shuffle:
 
 
 class _DecodeSamples:
-    """Raw tar members → sample dicts; bad members are counted into the next sample."""
+    """Raw tar members → records → sample dicts; bad members (and records the builder
+    rejects) are counted into the next sample."""
 
     def __init__(
         self,
-        builder: SampleBuilder,
+        builder: Builder,
         counter: SkipCounter,
         image_keys: Sequence[str],
         caption_key: str,
@@ -90,7 +95,14 @@ class _DecodeSamples:
                 self.counter.record(source, f"bad label: {exn}")
                 continue
             caption = raw.get(self.caption_key, b"").decode("utf-8", errors="replace")
-            yield self.builder(image, caption, label, skipped=self.counter.take_pending())
+            record = {"image": image, "caption": caption, "label": label, "source": source}
+            try:
+                sample = self.builder(record, skipped=self.counter.pending)
+            except BadSample as bad:
+                self.counter.record(bad.source, bad.reason)
+                continue
+            self.counter.take_pending()
+            yield sample
         # Skips after the last valid sample of this worker are logged but in no batch.
 
     def _label(self, raw: dict, source: str) -> int:
@@ -126,6 +138,7 @@ def image_text_webdataset(
     label_key: str | None = "cls",
     seed: int = 0,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    builder: Builder | None = None,
 ) -> IterableDataset:
     """A ``webdataset.DataPipeline`` over image–text shards yielding the zoo sample dicts.
 
@@ -133,11 +146,13 @@ def image_text_webdataset(
     0 reads in order. Members: image under the first of ``image_keys`` (``;``-separated),
     caption under ``caption_key``, integer label under ``label_key`` (-1 when absent).
     Images are decoded within ``max_pixels`` (:func:`~zoo.data.samples.decode_image`).
+    ``builder``: the sample builder (default ``ImageTextBuilder(image_transform, tokenizer,
+    view_transforms)``).
     """
     shards = expand_shards(urls)
     counter = SkipCounter(f"webdataset {urls if isinstance(urls, str) else shards[0] + ', …'}")
     decode = _DecodeSamples(
-        SampleBuilder(image_transform, tokenizer, view_transforms),
+        builder or ImageTextBuilder(image_transform, tokenizer, view_transforms),
         counter,
         [k.strip() for k in image_keys.split(";") if k.strip()],
         caption_key,
