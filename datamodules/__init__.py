@@ -1,1 +1,2 @@
-"""One LightningDataModule per paper, thin over ``zoo.data`` / ``zoo.datamodule``."""
+"""One LightningDataModule per paper, thin over ``zoo.datamodule.ZooDataModule`` and the
+datamodules of ``zoo.data`` (image–text, labelled images)."""

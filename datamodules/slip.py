@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from zoo.datamodule import ImageTextDataModule
+from zoo.data.image_text_datamodule import ImageTextDataModule
 
 
 class SLIPDataModule(ImageTextDataModule):
     """Image–text pairs plus two SimCLR views per image (SLIP ``datasets.py``).
 
-    Arguments are those of :class:`zoo.datamodule.ImageTextDataModule`; SLIP uses the
-    ``clip`` view for the caption pair and 2 ``ssl`` views (no solarisation unless
+    Arguments are those of :class:`zoo.data.image_text_datamodule.ImageTextDataModule`; SLIP
+    uses the ``clip`` view for the caption pair and 2 ``ssl`` views (no solarisation unless
     ``solarize_p > 0``).
     """
 

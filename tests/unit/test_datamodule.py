@@ -1,5 +1,6 @@
 """The image–text datamodule reads every real format back to the same data, builds SLIP's
-four-tensor samples, and fails clearly on missing paths."""
+four-tensor samples, writes the digits in ``prepare_data`` (never ``__init__``), evaluates
+with ``preprocess.eval_transform()`` and fails clearly on missing paths."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 from datamodules.clip import CLIPDataModule
 from datamodules.slip import SLIPDataModule
+from zoo.data.transforms import build_transform
 from zoo.datamodule import DigitsSpec
 
 FORMATS = ["csv", "jsonl", "wds", "hf"]
@@ -19,7 +21,7 @@ def cache(tmp_path_factory):
 
 
 def _module(cache: str, fmt: str, cls=SLIPDataModule, **kwargs):
-    return cls(
+    dm = cls(
         source="digits",
         digits=DigitsSpec(format=fmt, cache_dir=cache),
         image_size=16,
@@ -27,6 +29,8 @@ def _module(cache: str, fmt: str, cls=SLIPDataModule, **kwargs):
         batch_size=32,
         **kwargs,
     )
+    dm.prepare_data()  # what the Trainer does (local rank 0) before setup
+    return dm
 
 
 def _per_label_pixel_sums(dm) -> torch.Tensor:
@@ -152,3 +156,53 @@ def test_corrupt_and_missing_images_are_counted_in_training_logs(tmp_path):
     column = header.index("data/skipped_images")
     values = [float(line.split(",")[column]) for line in metrics[1:] if line.split(",")[column]]
     assert values == [2.0, 2.0]  # one corrupt + one missing file, each epoch
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_digits_are_written_by_prepare_data_and_only_read_by_setup(tmp_path, monkeypatch):
+    """``__init__`` writes nothing; ``prepare_data`` writes the digits (local rank 0);
+    ``setup`` reads them from the same deterministic folder (the other ranks) and fails
+    naming ``prepare_data`` when they are missing."""
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    digits = DigitsSpec(format="csv", cache_dir=str(tmp_path / "digits"))
+    args = {"source": "digits", "digits": digits, "image_size": 16, "batch_size": 32}
+    rank0 = CLIPDataModule(**args)
+    rank1 = CLIPDataModule(**args)  # another rank's copy: it never calls prepare_data
+    assert not tmp_path.exists() or _files(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="prepare_data"):
+        rank1.setup("fit")
+
+    rank0.prepare_data()
+    written = {p: p.stat().st_mtime_ns for p in _files(tmp_path / "digits")}
+    assert (tmp_path / "digits" / "csv" / "train.csv").is_file() and len(written) > 1797
+    rank1.setup("fit")
+    assert rank1.paths["train"] == str(tmp_path / "digits" / "csv" / "train.csv")
+    assert len(rank1.train_set) == 1257 and rank1.classnames[7] == "seven"
+    assert {p: p.stat().st_mtime_ns for p in _files(tmp_path / "digits")} == written
+    rank0.prepare_data()  # idempotent: the built copy is reused, not rewritten
+    assert {p: p.stat().st_mtime_ns for p in _files(tmp_path / "digits")} == written
+
+
+def test_eval_transform_is_the_preprocess_spec_and_keeps_todays_pixels():
+    """CLIP/SLIP evaluation pixels are those of ``build_transform("eval", size)`` with the
+    datamodule's mean/std (OpenAI's when unset), now produced by ``preprocess``."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (37, 23, 3), generator=rng, dtype=torch.uint8).numpy()
+    image = Image.fromarray(pixels)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    for kwargs, old in (
+        ({}, build_transform("eval", 16)),
+        ({"mean": mean, "std": std}, build_transform("eval", 16, mean=mean, std=std)),
+    ):
+        dm = SLIPDataModule(source="csv", image_size=16, context_length=16, **kwargs)
+        spec = dm.preprocess
+        assert (spec.image_size, spec.tokenizer, spec.context_length) == (16, "clip-bpe", 16)
+        assert spec.interpolation == "bicubic" and spec.resize is None
+        want = old(image)
+        assert torch.equal(spec.eval_transform()(image), want)
+        assert torch.equal(dm.transform("eval")(image), want)

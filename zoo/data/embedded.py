@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -200,6 +201,44 @@ def _locate(folder: Path, fmt: str) -> DigitsDataset:
     return DigitsDataset(folder, train, test, fmt, counts["num_train"], counts["num_test"])
 
 
+def digits_folder(
+    root: str | Path | None = None,
+    size: int = 16,
+    fmt: str = "csv",
+    test_fraction: float = 0.3,
+    caption_noise: float = 0.3,
+    seed: int = 0,
+) -> Path:
+    """Where :func:`build_digits` writes (and :func:`locate_digits` finds) one copy: a pure
+    function of the arguments, so every DDP rank computes the same folder."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown digits format {fmt!r}; choose from {FORMATS}")
+    if not 0 < test_fraction < 1 or not 0 <= caption_noise <= 1:
+        raise ValueError("need 0 < test_fraction < 1 and 0 <= caption_noise <= 1")
+    root = Path(root) if root is not None else cache_root() / f"digits-{size}px-seed{seed}"
+    default = (test_fraction, caption_noise) == (0.3, 0.3)
+    return root / (fmt if default else f"{fmt}-test{test_fraction:g}-noise{caption_noise:g}")
+
+
+def locate_digits(
+    root: str | Path | None = None,
+    size: int = 16,
+    fmt: str = "csv",
+    test_fraction: float = 0.3,
+    caption_noise: float = 0.3,
+    seed: int = 0,
+) -> DigitsDataset:
+    """The copy :func:`build_digits` wrote with these arguments; never writes. Raises
+    ``FileNotFoundError`` when it has not been written (yet)."""
+    folder = digits_folder(root, size, fmt, test_fraction, caption_noise, seed)
+    if not (folder / _MARKER).is_file():
+        raise FileNotFoundError(
+            f"the embedded digits are not written at {folder}: prepare_data() writes them "
+            "(the Trainer calls it; outside a Trainer call datamodule.prepare_data() first)"
+        )
+    return _locate(folder, fmt)
+
+
 def build_digits(
     root: str | Path | None = None,
     size: int = 16,
@@ -215,13 +254,8 @@ def build_digits(
     with a marker file, so concurrent builders are safe and later calls reuse it. The split
     is stratified and seeded; labels are kept for evaluation only.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown digits format {fmt!r}; choose from {FORMATS}")
-    if not 0 < test_fraction < 1 or not 0 <= caption_noise <= 1:
-        raise ValueError("need 0 < test_fraction < 1 and 0 <= caption_noise <= 1")
-    root = Path(root) if root is not None else cache_root() / f"digits-{size}px-seed{seed}"
-    default = (test_fraction, caption_noise) == (0.3, 0.3)
-    folder = root / (fmt if default else f"{fmt}-test{test_fraction:g}-noise{caption_noise:g}")
+    folder = digits_folder(root, size, fmt, test_fraction, caption_noise, seed)
+    root = folder.parent
     if (folder / _MARKER).is_file():
         return _locate(folder, fmt)
 
@@ -255,3 +289,36 @@ def build_digits(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _locate(folder, fmt)
+
+
+@dataclass
+class DigitsSpec:
+    """The embedded digits image–text set (SLIP card, small-scale reproduction), as a
+    datamodule's ``digits:`` argument: :meth:`write` builds it (``prepare_data``),
+    :meth:`locate` finds it without writing (``setup``, on every rank)."""
+
+    size: int = 16
+    format: Literal["csv", "jsonl", "wds", "hf"] = "csv"
+    test_fraction: float = 0.3
+    caption_noise: float = 0.3
+    seed: int = 0
+    cache_dir: str | None = None
+
+    def _args(self) -> dict:
+        return {
+            "root": self.cache_dir,
+            "size": self.size,
+            "fmt": self.format,
+            "test_fraction": self.test_fraction,
+            "caption_noise": self.caption_noise,
+            "seed": self.seed,
+        }
+
+    def folder(self) -> Path:
+        return digits_folder(**self._args())
+
+    def write(self) -> DigitsDataset:
+        return build_digits(**self._args())
+
+    def locate(self) -> DigitsDataset:
+        return locate_digits(**self._args())

@@ -139,7 +139,7 @@ def write_layout(
     they would read (training tables without labels, evaluation tables with them)."""
     source = data_args.get("source", "csv")
     if source == "digits":
-        raise ValueError("the embedded digits need no layout: they are written on first use")
+        raise ValueError("the embedded digits need no layout: prepare_data writes them")
     entries = []
     for split in SPLITS:
         spec = as_spec(data_args.get(split))

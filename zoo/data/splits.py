@@ -17,6 +17,10 @@ the datamodule names but an evaluation table lacks is dropped for that split (an
 ``image,label`` table has no captions), and the label column is used when present
 (``label`` in tables and Hugging Face datasets, ``cls`` in WebDataset shards). A column that
 the split names itself must exist.
+
+Class-labelled image data (:class:`zoo.data.labelled_datamodule.LabelledImageDataModule`)
+uses the same two forms with :class:`LabelledSplitSpec` (no caption columns; its sources
+include the torchvision ``imagefolder`` layout).
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 Source = Literal["csv", "jsonl", "wds", "hf"]
+LabelledSource = Literal["imagefolder", "csv", "jsonl", "hf"]
 SPLITS = ("train", "val", "test", "probe_train")
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +66,28 @@ class SplitSpec:
     transform: str | None = None
 
 
+@dataclass
+class LabelledSplitSpec:
+    """One split of class-labelled images. Unset fields take the datamodule-level value.
+
+    Attributes:
+        path: ``imagefolder``: a folder with one sub-folder per class (torchvision layout);
+            ``csv`` / ``jsonl``: an ``image,label`` table; ``hf``: a Hugging Face
+            ``imagefolder`` directory. Relative to ``data.root`` unless absolute.
+        source: ``imagefolder`` / ``csv`` / ``jsonl`` / ``hf``.
+        image_root: folder that relative image paths of a table are resolved against.
+        image_key / label_key: the table's image and integer label columns.
+        transform: name of the image transform stack for this split.
+    """
+
+    path: str | None = None
+    source: LabelledSource | None = None
+    image_root: str | None = None
+    image_key: str | None = None
+    label_key: str | None = None
+    transform: str | None = None
+
+
 @dataclass(frozen=True)
 class ResolvedSplit:
     """A split with every field decided (what the readers are built from)."""
@@ -78,23 +106,44 @@ class ResolvedSplit:
         return f"data.{self.name} ({self.path})"
 
 
-def as_spec(value: str | SplitSpec | dict | None) -> SplitSpec | None:
-    """The long form of a split value (a path string or a mapping)."""
-    if value is None or isinstance(value, SplitSpec):
+def as_spec(value: Any, spec_type: type[T] = SplitSpec) -> T | None:  # type: ignore[assignment]
+    """The long form (a ``spec_type`` dataclass, default :class:`SplitSpec`) of a split
+    value given as a path string or a mapping."""
+    if value is None or isinstance(value, spec_type):
         return value
     if isinstance(value, str):
-        return SplitSpec(path=value)
+        return spec_type(path=value)
+    fields = spec_type.__dataclass_fields__  # type: ignore[attr-defined]
     if isinstance(value, dict):
-        unknown = set(value) - set(SplitSpec.__dataclass_fields__)
+        unknown = set(value) - set(fields)
         if unknown:
-            raise ValueError(
-                f"unknown split option(s) {sorted(unknown)}; "
-                f"known: {sorted(SplitSpec.__dataclass_fields__)}"
-            )
-        return SplitSpec(**value)
-    if hasattr(value, "__dict__"):  # a jsonargparse Namespace
-        return as_spec(dict(vars(value)))
+            raise ValueError(f"unknown split option(s) {sorted(unknown)}; known: {sorted(fields)}")
+        return spec_type(**value)
+    if hasattr(value, "__dict__"):  # a jsonargparse Namespace, or the other spec type
+        return as_spec(dict(vars(value)), spec_type)
     raise TypeError(f"a split is a path or a mapping, got {type(value).__name__}")
+
+
+def resolve_path(root: Path | None, path: str | None) -> str | None:
+    """``path`` relative to the data root (absolute paths and remote URLs unchanged)."""
+    if path is None:
+        return None
+    if "://" in path:  # remote URL (pipe:, s3:, https:) handled by the reader
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() or root is None else root / p)
+
+
+def check_exists(path: str, what: str) -> None:
+    """Fail naming ``what`` unless every file of ``path`` (a brace pattern) exists; remote
+    URLs are left to the reader."""
+    if "://" in path or path.startswith("pipe:"):
+        return
+    from braceexpand import braceexpand
+
+    for p in braceexpand(path):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{what} not found: {p}")
 
 
 def _as_keys(keys: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...] | None:
@@ -143,8 +192,6 @@ def resolve_split(
     captions that a local table lacks are dropped for this split; an unset label column is
     used when the data has it.
     """
-    from zoo.datamodule import resolve_path
-
     if not spec.path:
         raise ValueError(f"data.{name}: no path given")
     split_source = spec.source or source
