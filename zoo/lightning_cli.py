@@ -20,10 +20,50 @@ from collections.abc import Sequence
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _fill_dataclass_defaults(cfg) -> None:
+    """Give ``model`` / ``data`` constructor parameters whose default is a dataclass instance
+    (a paper's ``optim: OptimSpec = SLIP_OPTIM``) that default when the recipe leaves them
+    out. In subclass mode jsonargparse 4.x parses such a parameter as ``None`` when it is
+    absent (it merges a partial mapping onto the default correctly), so the constructor
+    would get ``None`` and ``--print_config`` would hide the paper's values."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from jsonargparse import Namespace
+
+    for key in ("model", "data"):
+        node = cfg.get(key) if isinstance(cfg, Namespace) else None
+        if not isinstance(node, Namespace) or not isinstance(node.get("class_path"), str):
+            continue
+        init_args = node.get("init_args")
+        module_name, _, name = node.class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+            params = inspect.signature(cls.__init__).parameters
+        except (ImportError, AttributeError, ValueError, TypeError):
+            continue  # jsonargparse reports a bad class_path itself
+        for pname, param in params.items():
+            default = param.default
+            if not dataclasses.is_dataclass(default) or isinstance(default, type):
+                continue
+            if init_args is None:
+                init_args = node["init_args"] = Namespace()
+            if init_args.get(pname) is None:
+                init_args[pname] = Namespace(**dataclasses.asdict(default))
+
+
 def _cli_class():
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    class ZooArgumentParser(LightningArgumentParser):
+        def _parse_common(self, cfg, *args, **kwargs):
+            _fill_dataclass_defaults(cfg)
+            return super()._parse_common(cfg, *args, **kwargs)
 
     class ZooCLI(LightningCLI):
+        argument_parser = ZooArgumentParser
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.set_defaults({"trainer.default_root_dir": "runs"})
 
@@ -99,6 +139,7 @@ def run_lightning_cli(args: Sequence[str]):
         seed_everything_default=0,
         args=None if argv == sys.argv[1:] else argv,
         parser_kwargs=_parser_kwargs(cli_cls),
+        parser_class=cli_cls.argument_parser,
     )
 
 

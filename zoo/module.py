@@ -1,7 +1,8 @@
 """``ZooModule``: the LightningModule base every paper module subclasses.
 
-It owns the optimiser recipe (AdamW with SLIP's no-decay rule, per-step warm-up + cosine,
-see :mod:`zoo.optim`) and a post-optimiser-step hook (logit-scale clamps, EMA teachers).
+It owns the optimiser recipe (optimiser, schedule and parameter-group rule chosen by name in
+an :class:`zoo.optim.OptimSpec`; by default AdamW with SLIP's no-decay rule and per-step
+warm-up + cosine) and a post-optimiser-step hook (logit-scale clamps, EMA teachers).
 Paper modules implement ``training_step`` and, where they have one, ``validation_step``.
 """
 
@@ -13,33 +14,43 @@ from typing import Any
 import lightning as L
 import torch
 
-from zoo.optim import OptimSpec, build_adamw, build_schedule, optimizer_steps_per_epoch
-from zoo.specs import to_spec
+from zoo.optim import (
+    OptimSpec,
+    build_optimizer,
+    build_schedule,
+    merge_onto,
+    optimizer_steps_per_epoch,
+)
 
 
 class ZooModule(L.LightningModule):
     def __init__(self, optim: OptimSpec | None = None):
         super().__init__()
-        self.optim = to_spec(OptimSpec, optim)
+        # A paper module passes its spec already merged onto its paper defaults
+        # (zoo.optim.merge_onto); a mapping here is merged onto OptimSpec's own defaults.
+        self.optim = merge_onto(OptimSpec(), optim)
         self.last_loss_terms: dict[str, torch.Tensor] = {}
         self._skipped_in_epoch: torch.Tensor | None = None  # bad samples, this rank, this epoch
 
     # --- optimisation -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # Runs before the strategy wraps the model: sharding strategies (FSDP) flatten the
-        # parameters afterwards, and the weight-decay rule needs their true shapes.
+        # parameters afterwards, and every parameter-group rule needs their true shapes
+        # (names are read without the wrappers' segments: zoo.optim.groups.clean_name).
         self._param_ndims = {p: p.ndim for p in self.parameters()}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW and the warm-up + cosine schedule, stepped every optimiser step.
+        """``optim.optimizer`` over ``optim.groups``, and ``optim.schedule`` stepped every
+        optimiser step (``optim.interval: step``) or every epoch (``epoch``).
 
-        The cosine spans the run's optimiser steps (``estimated_stepping_batches``: the
-        smaller of ``max_steps`` and ``max_epochs`` epochs); ``warmup_epochs`` converts
-        with the optimiser steps of one epoch (:func:`zoo.optim.optimizer_steps_per_epoch`),
-        so the warm-up is the same with ``max_epochs``, ``max_steps`` or both, and with
-        gradient accumulation.
+        The schedule spans the run's optimiser steps (``estimated_stepping_batches``: the
+        smaller of ``max_steps`` and ``max_epochs`` epochs); ``warmup_epochs`` and
+        ``milestones`` convert with the optimiser steps of one epoch
+        (:func:`zoo.optim.optimizer_steps_per_epoch`), so the warm-up is the same with
+        ``max_epochs``, ``max_steps`` or both, and with gradient accumulation.
         """
-        optimizer = build_adamw(self, self.optim, getattr(self, "_param_ndims", None))
+        spec = self.optim
+        optimizer = build_optimizer(self, spec, getattr(self, "_param_ndims", None))
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError(
@@ -47,15 +58,26 @@ class ZooModule(L.LightningModule):
                 "trainer.max_steps"
             )
         per_epoch = optimizer_steps_per_epoch(self.trainer)
-        if not math.isfinite(per_epoch) and self.optim.warmup_steps is None:
-            raise ValueError(
-                "the training loader has no length, so optim.warmup_epochs cannot be "
-                "converted to steps: set optim.warmup_steps"
-            )
-        scheduler = build_schedule(optimizer, self.optim, int(total), steps_per_epoch=per_epoch)
+        if not math.isfinite(per_epoch):
+            if spec.interval == "epoch":
+                raise ValueError(
+                    "the training loader has no length, so optim.interval 'epoch' cannot "
+                    "count epochs: use optim.interval 'step' with optim.warmup_steps"
+                )
+            if spec.warmup_steps is None:
+                raise ValueError(
+                    "the training loader has no length, so optim.warmup_epochs cannot be "
+                    "converted to steps: set optim.warmup_steps"
+                )
+            if spec.milestones and spec.milestone_steps is None:
+                raise ValueError(
+                    "the training loader has no length, so optim.milestones (epochs) cannot "
+                    "be converted to steps: set optim.milestone_steps"
+                )
+        scheduler = build_schedule(optimizer, spec, int(total), steps_per_epoch=per_epoch)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            "lr_scheduler": {"scheduler": scheduler, "interval": spec.interval, "frequency": 1},
         }
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -1,6 +1,13 @@
-"""Optimiser recipe: SLIP's no-decay rule and its per-step warm-up + cosine schedule."""
+"""Optimiser recipe: SLIP's no-decay rule and its per-step warm-up + cosine schedule; the
+optimisers and schedules chosen by name (CoOp's SGD and constant warm-up, step, constant,
+LARS / LAMB from timm) at every step of real fits; paper defaults that a partial override
+keeps (``SLIP(optim={"lr": 1e-3})``, a recipe's ``optim: {lr: 1e-3}``).
 
+Parameter-group rules are tested in test_param_groups.py."""
+
+import dataclasses
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,6 +19,7 @@ from zoo.module import ZooModule
 from zoo.optim import (
     OptimSpec,
     build_adamw,
+    build_optimizer,
     build_schedule,
     optimizer_steps_per_epoch,
     param_groups,
@@ -170,9 +178,10 @@ class _Recorder(L.Callback):
 
 
 class _Linear(ZooModule):
-    def __init__(self):
+    def __init__(self, spec: OptimSpec | None = None):
         super().__init__(
-            OptimSpec(lr=1.0, warmup_epochs=1, warmup_start_lr=0.1, min_lr=0.0, weight_decay=0.0)
+            spec
+            or OptimSpec(lr=1.0, warmup_epochs=1, warmup_start_lr=0.1, min_lr=0.0, weight_decay=0.0)
         )
         self.weight = nn.Parameter(torch.zeros(2, 2))
 
@@ -180,7 +189,9 @@ class _Linear(ZooModule):
         return (self.weight * batch).sum()
 
 
-def _fit(tmp_path, batches: int = 10, **trainer_kwargs) -> tuple[_Recorder, L.Trainer]:
+def _fit(
+    tmp_path, batches: int = 10, spec: OptimSpec | None = None, **trainer_kwargs
+) -> tuple[_Recorder, L.Trainer]:
     recorder = _Recorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -194,7 +205,7 @@ def _fit(tmp_path, batches: int = 10, **trainer_kwargs) -> tuple[_Recorder, L.Tr
         **trainer_kwargs,
     )
     data = torch.utils.data.DataLoader(torch.ones(batches, 2, 2), batch_size=1)
-    trainer.fit(_Linear(), train_dataloaders=data)
+    trainer.fit(_Linear(spec), train_dataloaders=data)
     return recorder, trainer
 
 
@@ -273,3 +284,257 @@ def test_steps_per_epoch_when_the_strategy_accumulates():
 
     assert optimizer_steps_per_epoch(trainer(False)) == 6
     assert optimizer_steps_per_epoch(trainer(True)) == 5
+
+
+# --- schedules by name, at every step of a real fit ------------------------------------------
+
+
+def _spec(**kwargs) -> OptimSpec:
+    return OptimSpec(
+        **{"lr": 1.0, "warmup_start_lr": 0.1, "min_lr": 0.0, "weight_decay": 0.0} | kwargs
+    )
+
+
+def test_constant_warmup_cosine_per_epoch_as_coop(tmp_path):
+    """CoOp (Dassl ConstantWarmupScheduler + CosineAnnealingLR(T_max=max_epoch), stepped per
+    epoch): warmup_lr for the 1 warm-up epoch, then ½(1 + cos(π t / 4)) for t = 0, 1, 2
+    epochs after it; the lr holds for all 10 steps of an epoch."""
+    spec = _spec(schedule="constant_warmup_cosine", warmup_lr=0.01, interval="epoch")
+    rec, _ = _fit(tmp_path, spec=spec, max_epochs=4)
+    per_epoch = [0.01, 1.0, (2 + math.sqrt(2)) / 4, 0.5]
+    assert rec.lrs == pytest.approx([lr for lr in per_epoch for _ in range(10)], rel=1e-12)
+
+
+def test_constant_warmup_cosine_per_step(tmp_path):
+    spec = _spec(schedule="constant_warmup_cosine", warmup_lr=0.01)
+    rec, _ = _fit(tmp_path, batches=5, spec=spec, max_epochs=2)  # 5 warm-up steps, T = 10
+    cosine = [0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(5)]
+    assert rec.lrs == pytest.approx([0.01] * 5 + cosine, rel=1e-12)
+
+
+def test_warmup_cosine_per_epoch(tmp_path):
+    """A 1-epoch warm-up of one unit is warmup_start_lr (SLIP's linspace of length 1)."""
+    rec, _ = _fit(tmp_path, batches=3, spec=_spec(interval="epoch"), max_epochs=3)
+    assert rec.lrs == pytest.approx([0.1] * 3 + [1.0] * 3 + [0.5] * 3, rel=1e-12)
+
+
+def test_step_schedule_at_epoch_milestones(tmp_path):
+    spec = _spec(schedule="step", warmup_epochs=0, milestones=[1, 3], gamma=0.1)
+    rec, _ = _fit(tmp_path, batches=3, spec=spec, max_epochs=4)
+    assert rec.lrs == pytest.approx([1.0] * 3 + [0.1] * 6 + [0.01] * 3, rel=1e-12)
+    rec, _ = _fit(
+        tmp_path,
+        batches=3,
+        spec=dataclasses.replace(spec, interval="epoch"),
+        max_epochs=4,
+    )
+    assert rec.lrs == pytest.approx([1.0] * 3 + [0.1] * 6 + [0.01] * 3, rel=1e-12)
+
+
+def test_step_schedule_at_step_milestones_after_warmup(tmp_path):
+    spec = _spec(schedule="step", warmup_steps=3, milestone_steps=[5, 7], gamma=0.5)
+    rec, _ = _fit(tmp_path, batches=4, spec=spec, max_epochs=2)
+    assert rec.lrs == pytest.approx([0.1, 0.55, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25], rel=1e-12)
+
+
+def test_constant_schedule_after_warmup(tmp_path):
+    rec, _ = _fit(tmp_path, batches=4, spec=_spec(schedule="constant"), max_epochs=2)
+    assert rec.lrs == pytest.approx([0.1, 0.4, 0.7, 1.0, 1.0, 1.0, 1.0, 1.0], rel=1e-12)
+
+
+def test_per_epoch_schedule_resumes_where_it_stopped(tmp_path):
+    """A 4-epoch run checkpointed after every epoch; resumed from the end of epoch 2, the
+    lrs of epochs 3 and 4 equal those of the uninterrupted run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    spec = _spec(schedule="constant_warmup_cosine", warmup_lr=0.01, interval="epoch")
+    data = torch.utils.data.DataLoader(torch.ones(2, 2, 2), batch_size=1)
+
+    def fit(root, ckpt_path=None):
+        recorder = _Recorder()
+        every_epoch = ModelCheckpoint(dirpath=root, save_top_k=-1, filename="{epoch}")
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=4,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[recorder, every_epoch],
+            default_root_dir=root,
+        )
+        trainer.fit(_Linear(spec), train_dataloaders=data, ckpt_path=ckpt_path)
+        return recorder.lrs
+
+    full = fit(tmp_path / "full")
+    assert full == pytest.approx([0.01, 0.01, 1.0, 1.0] + [(2 + math.sqrt(2)) / 4] * 2 + [0.5] * 2)
+    rest = fit(tmp_path / "resumed", ckpt_path=tmp_path / "full" / "epoch=1.ckpt")
+    assert rest == full[4:]
+
+
+def test_epoch_interval_refuses_step_counts():
+    with pytest.raises(ValueError, match="interval 'epoch' counts epochs"):
+        OptimSpec(interval="epoch", warmup_steps=10)
+    with pytest.raises(ValueError, match="optim.schedule 'cosine' is not one of"):
+        OptimSpec(schedule="cosine")
+
+
+# --- optimisers by name ------------------------------------------------------------------------
+
+
+def test_sgd_as_coop_and_its_first_step():
+    """CoOp: SGD lr 0.002, momentum 0.9, weight decay 5e-4. The first step is
+    p − lr (g + wd p) (the momentum buffer starts at the gradient)."""
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0]]))
+    spec = OptimSpec(optimizer="sgd", lr=0.002, momentum=0.9, weight_decay=5e-4, groups="all")
+    opt = build_optimizer(model, spec)
+    assert type(opt) is torch.optim.SGD
+    (group,) = opt.param_groups
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (
+        0.002,
+        0.9,
+        False,
+        5e-4,
+    )
+    assert group["dampening"] == 0
+    model(torch.tensor([[3.0, 4.0]])).sum().backward()  # gradient [3, 4]
+    opt.step()
+    expected = [1.0 - 0.002 * (3.0 + 5e-4 * 1.0), -2.0 - 0.002 * (4.0 + 5e-4 * -2.0)]
+    assert model.weight.detach().flatten().tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_lars_and_lamb_from_timm_with_the_spec_hyperparameters():
+    from timm.optim import Lamb, Lars
+
+    lars = build_optimizer(
+        _Toy(),
+        OptimSpec(
+            optimizer="lars", lr=0.3, momentum=0.8, nesterov=True, trust_coeff=0.002, eps=1e-7
+        ),
+    )
+    assert type(lars) is Lars
+    group = lars.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.3, 0.8, True)
+    assert (group["trust_coeff"], group["eps"], group["weight_decay"]) == (0.002, 1e-7, 0.5)
+    assert lars.param_groups[1]["weight_decay"] == 0.0  # no trust ratio there (timm: wd 0)
+
+    lamb = build_optimizer(
+        _Toy(), OptimSpec(optimizer="lamb", lr=2e-3, betas=(0.9, 0.999), eps=1e-6)
+    )
+    assert type(lamb) is Lamb
+    group = lamb.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (
+        2e-3,
+        (0.9, 0.999),
+        1e-6,
+        0.5,
+    )
+
+
+def test_unknown_optimizer_name_is_an_error():
+    with pytest.raises(ValueError, match="optim.optimizer 'adam' is not one of adamw, sgd"):
+        OptimSpec(optimizer="adam")
+
+
+# --- paper defaults a partial override keeps ---------------------------------------------------
+
+
+def test_partial_override_keeps_the_paper_defaults():
+    from lightning_modules.clip import CLIP, CLIP_OPTIM
+    from lightning_modules.slip import SLIP, SLIP_OPTIM
+    from tests.papers._tiny import tiny_encoder_spec, tiny_head_spec
+
+    slip = SLIP(encoder=tiny_encoder_spec(), ssl_head=tiny_head_spec(), optim={"lr": 1e-3})
+    assert (slip.optim.lr, slip.optim.weight_decay) == (1e-3, 0.1)  # not CLIP's 0.5
+    assert slip.hparams["optim"] == slip.optim  # the checkpoint records the whole spec
+    clip = CLIP(encoder=tiny_encoder_spec(), optim={"weight_decay": 0.2})
+    assert (clip.optim.lr, clip.optim.weight_decay) == (5e-4, 0.2)
+    default = SLIP(encoder=tiny_encoder_spec(), ssl_head=tiny_head_spec())
+    assert (default.optim.lr, default.optim.weight_decay, default.optim.min_lr) == (3e-3, 0.1, 1e-5)
+    default.optim.lr = 7.0  # a module's spec is its own: the signature default is untouched
+    assert SLIP_OPTIM.lr == 3e-3 and CLIP_OPTIM.lr == 5e-4
+    with pytest.raises(ValueError, match="unknown OptimSpec keys: warmup_epocs"):
+        SLIP(encoder=tiny_encoder_spec(), optim={"warmup_epocs": 2})
+
+
+def test_partial_recipe_block_merges_onto_the_paper_default(tmp_path, capsys):
+    """``optim: {lr: 1e-3}`` in a recipe, through the real CLI (``--print_config``) and
+    through jsonargparse's instantiation of the model block as LightningCLI does it."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from zoo.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = yaml.safe_load((root / "recipes/slip/tiny.yaml").read_text())
+    recipe["model"]["init_args"]["optim"] = {"lr": 1e-3}
+    path = tmp_path / "slip.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optim"]
+    assert (printed["lr"], printed["weight_decay"], printed["min_lr"]) == (1e-3, 0.1, 1e-5)
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(ZooModule, "model")
+    model = {
+        "class_path": "lightning_modules.slip.SLIP",
+        "init_args": {
+            "encoder": {
+                "vision": {
+                    "img_size": 16,
+                    "patch_size": 4,
+                    "embed_dim": 32,
+                    "depth": 1,
+                    "num_heads": 2,
+                },
+                "text": {
+                    "vocab_size": 50,
+                    "width": 32,
+                    "layers": 1,
+                    "heads": 2,
+                    "context_length": 8,
+                },
+                "embed_dim": 16,
+            },
+            "ssl_head": {"hidden_dims": [16], "out_dim": 8},
+            "optim": {"lr": 1e-3, "groups": "timm", "lr_mult": {"ssl_head": 10.0}},
+        },
+    }
+    cfg = parser.parse_object({"model": model})
+    slip = parser.instantiate_classes(cfg).model
+    assert (slip.optim.lr, slip.optim.weight_decay, slip.optim.groups) == (1e-3, 0.1, "timm")
+    assert slip.optim.lr_mult == {"ssl_head": 10.0}
+
+
+@pytest.mark.parametrize("paper, expected", [("slip", (3e-3, 0.1)), ("clip", (5e-4, 0.5))])
+def test_recipe_without_optim_gets_the_paper_default(
+    tmp_path, capsys, monkeypatch, paper, expected
+):
+    """A recipe with no ``optim:`` block: ``--print_config`` shows the paper's optimiser and
+    the model is built with it (jsonargparse alone would pass ``None`` in subclass mode)."""
+    import yaml
+
+    from zoo.cli import main
+    from zoo.lightning_cli import run_lightning_cli
+
+    module = {"slip": "slip.SLIP", "clip": "clip.CLIP"}[paper]
+    datamodule = {"slip": "slip.SLIPDataModule", "clip": "clip.CLIPDataModule"}[paper]
+    digits = {"source": "digits", "image_size": 16, "context_length": 16, "batch_size": 32}
+    data = {"class_path": f"datamodules.{datamodule}", "init_args": digits}
+    encoder = {"preset": "vit-tiny-digits"}
+    model = {"class_path": f"lightning_modules.{module}", "init_args": {"encoder": encoder}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "data": data}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optim"]
+    assert (printed["lr"], printed["weight_decay"]) == expected
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    args = ["fit", "--config", str(path), f"--trainer.default_root_dir={tmp_path}"]
+    cli = run_lightning_cli([*args, "--trainer.fast_dev_run=1", "--trainer.logger=false"])
+    assert (cli.model.optim.lr, cli.model.optim.weight_decay) == expected
