@@ -24,21 +24,35 @@ import torch
 from zoo.backbones import DualEncoderSpec, build_dual_encoder
 from zoo.losses import ClipInfoNCE, GatherPolicy
 from zoo.module import ZooModule
-from zoo.optim import OptimSpec
+from zoo.optim import OptimSpec, merge_onto
+from zoo.protocols import DualEncoderProtocols
 from zoo.specs import to_spec
 
+# The CLIP baseline of the SLIP paper (README, CLIP row; main.py): AdamW (0.9, 0.98), lr 5e-4,
+# weight decay 0.5, 1 warm-up epoch from 1e-6, then cosine to 1e-5, per step.
+CLIP_OPTIM = OptimSpec(
+    lr=5e-4,
+    weight_decay=0.5,
+    betas=(0.9, 0.98),
+    eps=1e-8,
+    warmup_epochs=1.0,
+    warmup_start_lr=1e-6,
+    min_lr=1e-5,
+)
 
-class CLIP(ZooModule):
+
+class CLIP(DualEncoderProtocols, ZooModule):
     def __init__(
         self,
         encoder: DualEncoderSpec | None = None,
         gather: GatherPolicy = "constant",
         label_smoothing: float = 0.0,
-        optim: OptimSpec | None = None,
+        optim: OptimSpec = CLIP_OPTIM,
     ):
-        super().__init__(
-            to_spec(OptimSpec, optim) if optim else OptimSpec(lr=5e-4, weight_decay=0.5)
-        )
+        # A mapping (``CLIP(optim={"lr": 1e-3})``) overrides just its keys; jsonargparse
+        # merges a recipe's partial ``optim:`` onto CLIP_OPTIM the same way.
+        optim = merge_onto(CLIP_OPTIM, optim)
+        super().__init__(optim)
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(to_spec(DualEncoderSpec, encoder))
         self.clip_loss = ClipInfoNCE(gather=gather, label_smoothing=label_smoothing)

@@ -31,11 +31,24 @@ from zoo.backbones import DualEncoderSpec, build_dual_encoder
 from zoo.heads import MLPSpec, ProjectionMLP
 from zoo.losses import ClipInfoNCE, GatherPolicy, NTXent
 from zoo.module import ZooModule
-from zoo.optim import OptimSpec
+from zoo.optim import OptimSpec, merge_onto
+from zoo.protocols import DualEncoderProtocols
 from zoo.specs import to_spec
 
+# SLIP's (README, SLIP rows; main.py): AdamW (0.9, 0.98), lr 3e-3, weight decay 0.1,
+# 1 warm-up epoch from 1e-6, then cosine to 1e-5, per step.
+SLIP_OPTIM = OptimSpec(
+    lr=3e-3,
+    weight_decay=0.1,
+    betas=(0.9, 0.98),
+    eps=1e-8,
+    warmup_epochs=1.0,
+    warmup_start_lr=1e-6,
+    min_lr=1e-5,
+)
 
-class SLIP(ZooModule):
+
+class SLIP(DualEncoderProtocols, ZooModule):
     def __init__(
         self,
         encoder: DualEncoderSpec | None = None,
@@ -44,11 +57,12 @@ class SLIP(ZooModule):
         ssl_temperature: float = 0.1,
         clip_gather: GatherPolicy = "constant",
         ssl_gather: GatherPolicy = "with_grad",
-        optim: OptimSpec | None = None,
+        optim: OptimSpec = SLIP_OPTIM,
     ):
-        super().__init__(
-            to_spec(OptimSpec, optim) if optim else OptimSpec(lr=3e-3, weight_decay=0.1)
-        )
+        # A mapping (``SLIP(optim={"lr": 1e-3})``) overrides just its keys; jsonargparse
+        # merges a recipe's partial ``optim:`` onto SLIP_OPTIM the same way.
+        optim = merge_onto(SLIP_OPTIM, optim)
+        super().__init__(optim)
         self.save_hyperparameters()
         self.encoder = build_dual_encoder(to_spec(DualEncoderSpec, encoder))
         self.ssl_head = ProjectionMLP(self.encoder.vision_width, to_spec(MLPSpec, ssl_head))

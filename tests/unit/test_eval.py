@@ -35,6 +35,7 @@ from zoo.eval import (
     zeroshot_classifier,
     zeroshot_logits,
 )
+from zoo.protocols import DualEncoderProtocols
 
 # --------------------------------------------------------------------------- features
 
@@ -333,7 +334,9 @@ class _TinyEncoder(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
 
-class _TinyCLIP(L.LightningModule):
+class _TinyCLIP(DualEncoderProtocols, L.LightningModule):
+    """A dual encoder answering the evaluation protocols through the shared mixin."""
+
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)

@@ -13,6 +13,15 @@ kNN memory bank, the test split is scored. When it runs:
 - every ``every_n_epochs`` training epochs when > 0 (the end-of-fit run is skipped when the
   last epoch was just evaluated).
 
+What each callback asks of the module and the datamodule is a protocol of
+:mod:`zoo.protocols`, never a submodule: image ``features(images, kind)`` (every callback),
+``class_weights(classnames, templates)`` (zero-shot), ``text_features(tokens)``
+(retrieval); the datamodule's ``eval_dataloader(split)`` (every callback), ``classnames`` /
+``templates`` and a tokenizer (``tokenizer`` or ``preprocess``) for zero-shot. A module or
+datamodule that lacks one is skipped with a warning naming the missing method, at fit start
+("will be skipped") and at each evaluation; so is a protocol method that raises
+:class:`zoo.protocols.ProtocolUnavailable`.
+
 Only global rank 0 computes; the other ranks wait at ``trainer.strategy.barrier()`` and
 receive the results by broadcast. Under FSDP every rank gathers the full parameters and runs
 the same passes (``zoo.eval.sharding``); rank 0's results are published. Metrics ``eval/<protocol>_<metric>`` (percent) go to
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -42,23 +51,41 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from zoo.eval.features import batch_get, encode_text_batched, eval_mode, extract_features
+from zoo.eval.features import batch_get, encode_batched, eval_mode, extract_features
 from zoo.eval.knn import knn_accuracy
 from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
 from zoo.eval.retrieval import retrieval_recall
 from zoo.eval.sharding import gathered_parameters, parameter_sharding
 from zoo.eval.visuals import log_embedding, log_eval_visuals, tensorboard_writers
-from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier, zeroshot_logits
+from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_logits
+from zoo.preprocess import PreprocessSpec
+from zoo.protocols import (
+    CheckedEvalData,
+    ClassNames,
+    ClassPrompts,
+    EvalData,
+    FeatureKind,
+    ImageFeatures,
+    ProtocolUnavailable,
+    TextFeatures,
+    ZeroShotClassifier,
+    data_tokenizer,
+    why_not,
+)
 
-Feature = Literal["trunk", "embed"]
+Feature = FeatureKind
 
 
 class EvalCallback(Callback):
     """Shared scheduling, rank-0 execution, feature extraction and reporting.
 
     Subclasses implement :meth:`evaluate`, returning ``(metrics, summary_line)`` with
-    metric names without the ``eval/`` prefix, or ``None`` to skip (a warning says why).
+    metric names without the ``eval/`` prefix, or ``None`` to skip (a warning says why), and
+    list the model protocols they call in ``model_protocols``.
     """
+
+    #: The :mod:`zoo.protocols` model protocols :meth:`evaluate` calls.
+    model_protocols: tuple[type, ...] = (ImageFeatures,)
 
     def __init__(self, every_n_epochs: int = 0) -> None:
         super().__init__()
@@ -80,19 +107,34 @@ class EvalCallback(Callback):
         ``{"test": {"labels": True}}``; checked at fit start (:meth:`check_data`)."""
         return {}
 
+    def unavailable(self, pl_module: Any, datamodule: Any) -> str | None:
+        """Why this callback cannot run with this module and datamodule (a missing protocol
+        method, named), or ``None``."""
+        if datamodule is None:
+            return "the trainer has no datamodule (pass `datamodule=` to fit / validate / test)"
+        reasons = [why_not(datamodule, EvalData, "the datamodule")]
+        reasons += [why_not(pl_module, p, "the module") for p in self.model_protocols]
+        found = [r for r in reasons if r is not None]
+        return "; ".join(found) if found else None
+
     def check_data(self, trainer: pl.Trainer) -> None:
         """Fail before the first training step if this protocol could not run at the end:
         each required split is opened and checked by the datamodule
-        (``check_eval_split``), naming the file and the problem."""
-        check = getattr(trainer.datamodule, "check_eval_split", None)
-        if check is None:
+        (``check_eval_split``, :class:`zoo.protocols.CheckedEvalData`), naming the file and
+        the problem. A datamodule without ``check_eval_split`` is not checked ahead."""
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, CheckedEvalData):
             return
         for split, needs in self.required_splits().items():
-            check(split, who=type(self).__name__, **needs)
+            datamodule.check_eval_split(split, who=type(self).__name__, **needs)
 
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_fit_step = None
+        why = self.unavailable(pl_module, trainer.datamodule)
+        if why is not None:  # say so now, not after hours of training
+            rank_zero_warn(f"{type(self).__name__} will be skipped: {why}")
+            return
         self.check_data(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -126,11 +168,15 @@ class EvalCallback(Callback):
             )
         elif sharding == "fsdp" or trainer.is_global_zero:
             datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "eval_dataloader"):
-                rank_zero_warn(f"{type(self).__name__}: needs a datamodule with eval_dataloader")
+            why = self.unavailable(pl_module, datamodule)
+            if why is not None:
+                self._skip(why)
             else:
-                with gathered_parameters(trainer, sharding), eval_mode(pl_module):
-                    out = self.evaluate(trainer, pl_module, datamodule)
+                try:
+                    with gathered_parameters(trainer, sharding), eval_mode(pl_module):
+                        out = self.evaluate(trainer, pl_module, datamodule)
+                except ProtocolUnavailable as err:
+                    out = self._skip(str(err))
                 if out is not None:
                     metrics, summary = out
                     results = {f"eval/{k}": float(v) for k, v in metrics.items()}
@@ -155,7 +201,7 @@ class EvalCallback(Callback):
 
     @staticmethod
     def _encoding(trainer: pl.Trainer) -> AbstractContextManager[Any]:
-        """The trainer's precision context (autocast / true-half dtype) for encoder calls."""
+        """The trainer's precision context (autocast / true-half dtype) for protocol calls."""
         return trainer.precision_plugin.forward_context()
 
     def _image_features(
@@ -166,15 +212,15 @@ class EvalCallback(Callback):
         feature: Feature,
         on_batch: Callable[[Any], None] | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``(features, labels, caption tokens)`` of a split: trunk (pre-projection) or embed.
-        ``on_batch`` sees every encoded batch (``extract_features``)."""
-        encoder = pl_module.encoder
-        encode = encoder.image_trunk if feature == "trunk" else encoder.encode_image
+        """``(features, labels, caption tokens)`` of a split: ``pl_module.features(images,
+        kind=feature)`` (:class:`zoo.protocols.ImageFeatures`). ``on_batch`` sees every
+        encoded batch (``extract_features``)."""
+        features = pl_module.features  # type: ignore[attr-defined]
         convert = trainer.precision_plugin.convert_input
         stats: dict[str, int] = {}
         with self._encoding(trainer):
             out = extract_features(
-                lambda images: encode(convert(images)),
+                lambda images: features(convert(images), kind=feature),
                 trainer.datamodule.eval_dataloader(split),
                 pl_module.device,
                 model=pl_module,
@@ -205,6 +251,7 @@ class EvalCallback(Callback):
 
     def _skip(self, why: str) -> None:
         rank_zero_warn(f"{type(self).__name__} skipped: {why}")
+        return None
 
     def _log_visuals(self, log: Callable[[], Any]) -> None:
         """Run ``log`` (pictures / tables for TensorBoard, :mod:`zoo.eval.visuals`); a
@@ -218,7 +265,7 @@ class EvalCallback(Callback):
         self, trainer: pl.Trainer, datamodule: Any, tag: str, features: Tensor, labels: Tensor
     ) -> None:
         """Features of the scored split for TensorBoard's projector (rank 0, best effort)."""
-        classnames = getattr(datamodule, "classnames", None)
+        classnames = _classnames(datamodule)
         self._log_visuals(lambda: log_embedding(trainer, tag, features, labels, classnames))
 
 
@@ -242,16 +289,35 @@ def _topk_summary(label: str, acc: dict[str, float]) -> str:
     return f"{label} top-{first[3:]}: {value:.2f}%" + (f" ({extra})" if extra else "")
 
 
+def _classnames(datamodule: Any) -> list[str] | None:
+    """The datamodule's class names (:class:`zoo.protocols.ClassNames`), if it has any."""
+    names = datamodule.classnames if isinstance(datamodule, ClassNames) else None
+    return list(names) if names else None
+
+
 def _num_classes(datamodule: Any, *labels: Tensor) -> int:
-    names = getattr(datamodule, "classnames", None)
+    names = _classnames(datamodule)
     return len(names) if names else int(max(int(y.max()) for y in labels)) + 1
 
 
-class ZeroShotEval(EvalCallback):
-    """Zero-shot top-k accuracy with the template-ensembled text classifier (CLIP / SLIP).
+def _normalisation(datamodule: Any) -> tuple[Any, Any]:
+    """``(mean, std)`` the split was normalised with, to un-normalise pictures: the
+    datamodule's ``preprocess`` spec, else its ``mean`` / ``std`` (``None``: OpenAI's)."""
+    spec = getattr(datamodule, "preprocess", None)
+    if isinstance(spec, PreprocessSpec):
+        return spec.mean, spec.std
+    return getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
 
-    Logs ``eval/zeroshot_top{k}``. Needs ``datamodule.classnames``, ``.templates`` and
-    ``.tokenizer``; images are embedded with ``encoder.encode_image``.
+
+class ZeroShotEval(EvalCallback):
+    """Zero-shot top-k accuracy: images against the module's class weights (CLIP / SLIP).
+
+    Logs ``eval/zeroshot_top{k}``. Asks the module for ``features(images, "embed")`` and
+    ``class_weights(classnames, templates, tokenizer=…, batch_size=text_batch_size)``
+    (:mod:`zoo.protocols`; a dual encoder's is the template-ensembled text classifier) and
+    scores ``100 · cos`` (CLIP's scale; it changes the softmax of the pictures, not the
+    accuracy). Needs ``datamodule.classnames`` and ``.templates``, and passes its tokenizer
+    (``datamodule.tokenizer`` or one built from ``datamodule.preprocess``).
 
     With ``log_images=True`` (default) and a ``TensorBoardLogger``, rank 0 also logs
     (:func:`zoo.eval.visuals.log_eval_visuals`) the row-normalised confusion matrix
@@ -284,9 +350,11 @@ class ZeroShotEval(EvalCallback):
     def required_splits(self) -> dict[str, dict[str, bool]]:
         return {self.split: {"labels": True}}
 
+    model_protocols = (ImageFeatures, ZeroShotClassifier)
+
     def check_data(self, trainer: pl.Trainer) -> None:
         datamodule = trainer.datamodule
-        if hasattr(datamodule, "check_eval_split"):
+        if isinstance(datamodule, CheckedEvalData):
             for attr in ("classnames", "templates"):
                 if not getattr(datamodule, attr, None):
                     raise ValueError(
@@ -298,8 +366,9 @@ class ZeroShotEval(EvalCallback):
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
     ) -> tuple[dict[str, float], str] | None:
-        classnames = getattr(datamodule, "classnames", None)
-        templates = getattr(datamodule, "templates", None)
+        if not isinstance(datamodule, ClassPrompts):
+            return self._skip(why_not(datamodule, ClassPrompts, "the datamodule"))
+        classnames, templates = datamodule.classnames, datamodule.templates
         if not classnames or not templates:
             return self._skip("the datamodule has no classnames / templates")
         visuals = self.log_images and bool(tensorboard_writers(trainer))
@@ -308,15 +377,19 @@ class ZeroShotEval(EvalCallback):
         x, y, _ = self._image_features(trainer, pl_module, self.split, "embed", on_batch=keep)
         if y is None:
             return self._skip(f"the {self.split} split has no labels")
-        with self._encoding(trainer):
-            classifier = zeroshot_classifier(
-                pl_module.encoder,
-                datamodule.tokenizer,
+        with self._encoding(trainer), torch.inference_mode():
+            classifier = pl_module.class_weights(  # type: ignore[attr-defined]
                 classnames,
                 templates,
-                pl_module.device,
-                self.text_batch_size,
-                model=pl_module,
+                tokenizer=data_tokenizer(datamodule),
+                batch_size=self.text_batch_size,
+            )
+        classifier = classifier.detach().float().cpu()
+        if classifier.shape != (len(classnames), x.shape[1]):  # a bug: fail, do not skip
+            raise ValueError(
+                f"{type(pl_module).__name__}.class_weights returned shape "
+                f"{tuple(classifier.shape)}, expected ({len(classnames)}, {x.shape[1]}): one "
+                "row per class name, in the space of features(images, kind='embed')"
             )
         acc = zeroshot_accuracy(x, y, classifier, self.top_k)
         if visuals:
@@ -328,8 +401,8 @@ class ZeroShotEval(EvalCallback):
                     zeroshot_logits(x, classifier).softmax(dim=-1),
                     classnames,
                     images=torch.cat(samples) if samples else None,
-                    mean=getattr(datamodule, "mean", None),
-                    std=getattr(datamodule, "std", None),
+                    mean=_normalisation(datamodule)[0],
+                    std=_normalisation(datamodule)[1],
                 )
             )
         summary = _topk_summary("zero-shot", acc) + (
@@ -456,8 +529,10 @@ class KNNEval(EvalCallback):
 class RetrievalEval(EvalCallback):
     """Image→text and text→image recall R@k on the captions of an evaluation split.
 
-    Captions come from the batches' ``"text"`` tokens: ``(B, L)`` (one caption per image) or
-    ``(B, K, L)`` (K captions per image). Logs ``eval/retrieval_i2t_r{k}`` and
+    Captions come from the batches' ``"text"`` tokens (tokenised by the datamodule):
+    ``(B, L)`` (one caption per image) or ``(B, K, L)`` (K captions per image). Asks the
+    module for ``features(images, "embed")`` and ``text_features(tokens)``
+    (:mod:`zoo.protocols`). Logs ``eval/retrieval_i2t_r{k}`` and
     ``eval/retrieval_t2i_r{k}``. Each row of the split counts as a distinct image.
     """
 
@@ -473,6 +548,8 @@ class RetrievalEval(EvalCallback):
         self.ks = tuple(ks)
         self.text_batch_size = text_batch_size
 
+    model_protocols = (ImageFeatures, TextFeatures)
+
     def required_splits(self) -> dict[str, dict[str, bool]]:
         return {self.split: {"labels": False, "captions": True}}
 
@@ -486,8 +563,12 @@ class RetrievalEval(EvalCallback):
         tokens = tokens.reshape(-1, tokens.shape[-1])
         text_to_image = torch.arange(image.shape[0]).repeat_interleave(per_image)
         with self._encoding(trainer):
-            text = encode_text_batched(
-                pl_module.encoder, tokens, pl_module.device, self.text_batch_size, model=pl_module
+            text = encode_batched(
+                pl_module.text_features,  # type: ignore[attr-defined]
+                tokens,
+                pl_module.device,
+                self.text_batch_size,
+                model=pl_module,
             )
         rec = retrieval_recall(image, text, text_to_image, self.ks)
         ks = "/".join(str(k) for k in self.ks)

@@ -71,7 +71,7 @@ def extract_features(
     """Run ``fn(*[batch[k] for k in keys])`` over ``loader`` and gather the outputs.
 
     Args:
-        fn: the feature function, e.g. ``encoder.image_trunk`` or ``encoder.encode_image``.
+        fn: the feature function, e.g. ``lambda x: module.features(x, kind="trunk")``.
         loader: yields dict (or attribute) batches with ``keys`` and optionally ``"label"``
             and ``"text"``.
         device: where ``fn`` runs (``pl_module.device`` in callbacks).
@@ -127,6 +127,22 @@ def extract_features(
     return features, out_labels, out_texts
 
 
+def encode_batched(
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    device: torch.device | str,
+    batch_size: int = 256,
+    model: nn.Module | None = None,
+) -> Tensor:
+    """``fn`` over ``inputs (M, …)`` in batches of ``batch_size``: ``(M, D)`` float32 on CPU.
+    ``model`` (default: the owner of ``fn``) is in eval mode meanwhile."""
+    chunks: list[Tensor] = []
+    with eval_mode(model if model is not None else _owner(fn)), torch.inference_mode():
+        for part in torch.split(inputs, batch_size):
+            chunks.append(fn(part.to(device)).float().cpu())
+    return torch.cat(chunks)
+
+
 def encode_text_batched(
     encoder: nn.Module,
     tokens: Tensor,
@@ -135,8 +151,6 @@ def encode_text_batched(
     model: nn.Module | None = None,
 ) -> Tensor:
     """``encoder.encode_text`` over ``tokens (M, L)`` in batches: ``(M, D)`` float32 on CPU."""
-    chunks: list[Tensor] = []
-    with eval_mode(model if model is not None else encoder), torch.inference_mode():
-        for part in torch.split(tokens, batch_size):
-            chunks.append(encoder.encode_text(part.to(device)).float().cpu())
-    return torch.cat(chunks)
+    return encode_batched(
+        encoder.encode_text, tokens, device, batch_size, model if model is not None else encoder
+    )

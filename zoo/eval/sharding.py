@@ -1,10 +1,11 @@
 """Evaluation under strategies that shard parameters across ranks (FSDP).
 
-The evaluation protocols call the encoder's methods (``encode_image``, ``image_trunk``)
-directly, outside the wrapped model's ``forward``. Under DDP every rank holds the whole model,
-so rank 0 can evaluate alone. Under FSDP each rank holds a shard: the parameters must be
-gathered first (a collective), and a nested FSDP unit's forward may all-gather again, so every
-rank runs the same feature passes in lockstep; rank 0 reports.
+The evaluation callbacks call the module's protocol methods (``features``, ``class_weights``,
+``text_features``: :mod:`zoo.protocols`) directly, outside the wrapped model's ``forward``.
+Under DDP every rank holds the whole model, so rank 0 can evaluate alone. Under FSDP each
+rank holds a shard: the parameters must be gathered first (a collective), and a nested FSDP
+unit's forward may all-gather again, so every rank runs the same feature passes in lockstep;
+rank 0 reports.
 """
 
 from __future__ import annotations

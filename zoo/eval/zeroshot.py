@@ -19,13 +19,38 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.eval.features import encode_text_batched
-
-Template = str | Callable[[str], str]
+from zoo.eval.features import encode_batched
+from zoo.protocols import Template
 
 
 def _fill(template: Template, classname: str) -> str:
     return template(classname) if callable(template) else template.format(classname)
+
+
+def template_ensemble(
+    encode_text: Callable[[Tensor], Tensor],
+    tokenizer: Callable[[list[str]], Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    device: torch.device | str,
+    batch_size: int = 256,
+    model: nn.Module | None = None,
+) -> Tensor:
+    """Class weights ``(C, D)`` (float32, CPU, unit rows) by the CLIP / SLIP template ensemble.
+
+    All C·T prompts (class-major: prompt ``c·T + t`` is template t of class c) are tokenised
+    once and passed to ``encode_text`` (tokens → text embeddings, e.g. a module's
+    ``text_features``) in batches of ``batch_size``; templates are ``"{}"`` format strings or
+    callables ``classname -> prompt``. ``model`` (default: the owner of ``encode_text``) is
+    put in eval mode.
+    """
+    if not classnames or not templates:
+        raise ValueError("zeroshot_classifier needs at least one class name and one template")
+    prompts = [_fill(t, c) for c in classnames for t in templates]
+    tokens = torch.as_tensor(tokenizer(prompts)).long()
+    z = encode_batched(encode_text, tokens, device, batch_size, model=model)
+    z = F.normalize(z, dim=-1).view(len(classnames), len(templates), -1)
+    return F.normalize(z.mean(dim=1), dim=-1)
 
 
 def zeroshot_classifier(
@@ -37,19 +62,16 @@ def zeroshot_classifier(
     batch_size: int = 256,
     model: nn.Module | None = None,
 ) -> Tensor:
-    """Class weights ``(C, D)`` (float32, CPU, unit rows) by the CLIP / SLIP template ensemble.
-
-    All C·T prompts (class-major: prompt ``c·T + t`` is template t of class c) are tokenised
-    once and encoded in batches of ``batch_size``; templates are ``"{}"`` format strings or
-    callables ``classname -> prompt``. ``model`` (default ``encoder``) is put in eval mode.
-    """
-    if not classnames or not templates:
-        raise ValueError("zeroshot_classifier needs at least one class name and one template")
-    prompts = [_fill(t, c) for c in classnames for t in templates]
-    tokens = torch.as_tensor(tokenizer(prompts)).long()
-    z = encode_text_batched(encoder, tokens, device, batch_size, model=model)
-    z = F.normalize(z, dim=-1).view(len(classnames), len(templates), -1)
-    return F.normalize(z.mean(dim=1), dim=-1)
+    """:func:`template_ensemble` of ``encoder.encode_text`` (``model`` default ``encoder``)."""
+    return template_ensemble(
+        encoder.encode_text,
+        tokenizer,
+        classnames,
+        templates,
+        device,
+        batch_size,
+        model if model is not None else encoder,
+    )
 
 
 def zeroshot_logits(image_features: Tensor, classifier: Tensor, scale: float = 100.0) -> Tensor:
