@@ -112,10 +112,42 @@ class PreprocessSpec:
         return entries
 
     @classmethod
+    def from_hparams(
+        cls, hparams: Mapping[str, Any], image_size: int = 224, context_length: int = 77
+    ) -> PreprocessSpec:
+        """The spec of a datamodule from its saved hyper-parameters (a checkpoint's
+        ``datamodule_hyper_parameters``), the only record of it a checkpoint has.
+
+        A ``preprocess`` entry (a spec or its mapping) wins; otherwise the flat datamodule
+        arguments ``image_size``, ``resize``, ``mean``, ``std``, ``interpolation``,
+        ``tokenizer`` and ``context_length`` are read, unset ones (missing or ``None``) taking
+        the datamodule defaults: OpenAI mean / std, bicubic, the CLIP BPE tokenizer, and
+        ``image_size`` / ``context_length`` given here (e.g. the encoder's)."""
+        nested = hparams.get("preprocess")
+        if isinstance(nested, PreprocessSpec):
+            return nested
+        if isinstance(nested, Mapping):
+            return cls(**nested)
+
+        def get(key: str, default: Any) -> Any:
+            value = hparams.get(key)
+            return default if value is None else value
+
+        return cls(
+            image_size=int(get("image_size", image_size)),
+            resize=hparams.get("resize"),
+            mean=tuple(get("mean", OPENAI_CLIP_MEAN)),
+            std=tuple(get("std", OPENAI_CLIP_STD)),
+            interpolation=str(get("interpolation", "bicubic")),
+            tokenizer=str(get("tokenizer", CLIP_BPE)),
+            context_length=int(get("context_length", context_length)),
+        )
+
+    @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PreprocessSpec:
         """Read the ``preprocess`` / ``tokenizer`` entries written by :meth:`to_config`."""
         pre = config["preprocess"]
-        tok = config.get("tokenizer")
+        tok = config.get("tokenizer")  # None or absent: an image-only model
         crop = int(pre.get("crop", pre["image_size"]))
         resize = int(pre.get("resize", crop))
         return cls(

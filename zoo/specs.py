@@ -11,13 +11,20 @@ T = TypeVar("T")
 
 def to_spec(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
     """``value`` as a ``cls`` instance: ``None`` → defaults, a mapping → nested construction
-    (unknown keys are an error naming them), an instance → itself."""
+    (unknown keys are an error naming them), an instance → itself.
+
+    A spec class may define ``resolve_mapping(mapping) -> dict`` to expand a mapping first,
+    e.g. :class:`~zoo.backbones.DualEncoderSpec` resolves ``{preset: NAME, **overrides}``
+    (:mod:`zoo.backbones.presets`)."""
     if value is None:
         return cls()
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
         raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
+    resolve = getattr(cls, "resolve_mapping", None)
+    if callable(resolve):
+        value = resolve(value)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - names)
     if unknown:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from zoo.backbones.dual_encoder import LOG_100, DualEncoder, DualEncoderSpec, build_dual_encoder
 from zoo.backbones.text import CLIPTextTower, TextSpec
 from zoo.backbones.vision import VisionSpec
+from zoo.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # the one definition
 from zoo.hub.security import UntrustedCheckpointError
 
 if TYPE_CHECKING:
@@ -65,9 +66,6 @@ __all__ = [
     "load_state_file",
     "openai_clip_spec",
 ]
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: timm architecture used for every converted CLIP vision tower: a ViT with ``pre_norm=True``
 #: (OpenAI's ln_pre; timm then drops the patch-embedding bias, as CLIP's conv1 has none),

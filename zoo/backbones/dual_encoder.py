@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.backbones.pooled import timm_vit_pooled_forward, timm_vit_prunable
+from zoo.backbones.presets import register_cli_type, resolve_preset
 from zoo.backbones.text import CLIPTextTower, TextSpec
 from zoo.backbones.vision import VisionSpec, build_vision_tower
 
@@ -79,11 +81,25 @@ def _compilable(method: Callable) -> Callable:
 
 @dataclass
 class DualEncoderSpec:
+    """Vision tower, text tower, joint embedding width and logit-scale init / clamp.
+
+    As a mapping it may name a preset (:mod:`zoo.backbones.presets`):
+    ``{preset: vit-b16-clip, vision: {drop_path_rate: 0.1}}``.
+    """
+
     vision: VisionSpec = field(default_factory=VisionSpec)
     text: TextSpec = field(default_factory=TextSpec)
     embed_dim: int = 512
     logit_scale_init: float = LOG_INV_007
     logit_scale_max: float = LOG_100
+
+    @staticmethod
+    def resolve_mapping(value: Mapping[str, Any]) -> dict[str, Any]:
+        """``{preset: NAME, **overrides}`` → the full mapping (used by ``zoo.specs.to_spec``)."""
+        return resolve_preset(value)
+
+
+register_cli_type()  # recipes parse encoder mappings (presets included) through to_spec
 
 
 class DualEncoder(nn.Module):
@@ -142,6 +158,11 @@ class DualEncoder(nn.Module):
                 return timm_vit_pooled_forward(self.visual, images)
             return self.visual(images)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Image features for linear probes, kNN and retrieval: the joint-space embedding
+        (``encode_image``, not normalised)."""
+        return self.encode_image(images)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         z = self.image_trunk(images) @ self.image_projection
         return F.normalize(z, dim=-1) if normalize else z
@@ -192,7 +213,9 @@ def _logit_scale_as_vector(module, state_dict, prefix, *args) -> None:
 
 
 def build_dual_encoder(spec: DualEncoderSpec) -> DualEncoder:
-    return DualEncoder(
+    """The encoder ``spec`` describes; it keeps ``spec`` (``encoder.spec``) so ``zoo export``
+    can describe it in ``config.json``."""
+    encoder = DualEncoder(
         build_vision_tower(spec.vision),
         CLIPTextTower(spec.text),
         spec.embed_dim,
@@ -200,3 +223,5 @@ def build_dual_encoder(spec: DualEncoderSpec) -> DualEncoder:
         spec.logit_scale_max,
         spec.vision.pooled_last_block,
     )
+    encoder.spec = spec
+    return encoder

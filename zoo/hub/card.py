@@ -19,6 +19,65 @@ def _text_summary(text: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {text.get(k)}" for k in keys)
 
 
+def _architecture_rows(arch: Mapping[str, Any]) -> list[str]:
+    """Table rows describing the architecture entry (by its ``type``)."""
+    kind = arch["type"]
+    if kind in ("dual_encoder", "clip_head"):
+        spec = arch["spec"]
+        rows = [
+            f"| Vision tower | {_vision_summary(spec['vision'])} |",
+            f"| Text tower | {_text_summary(spec['text'])} |",
+            f"| Embedding dim | {spec['embed_dim']} |",
+        ]
+        if kind == "clip_head":
+            head = arch["head"]
+            classes = len(head["config"].get("classnames", []))
+            rows.append(f"| Head | `{head['type']}` ({classes} classes), encoder frozen |")
+        return rows
+    if kind == "vision_encoder":
+        return [f"| Vision tower | {_vision_summary(arch['spec'])} |"]
+    if kind == "vlm":
+        lm = arch["language_model"]
+        return [
+            f"| Vision tower | {_vision_summary(arch['vision'])} |",
+            f"| Projector | `{arch['projector']}` |",
+            f"| Language model | `{lm.get('model_type')}`, hidden {lm.get('hidden_size')} |",
+        ]
+    return [f"| Architecture | `{kind}` |"]
+
+
+_KIND_TEXT = {
+    "dual_encoder": "image–text dual encoder",
+    "vision_encoder": "image encoder",
+    "clip_head": "frozen image–text encoder with a classifier head",
+    "vlm": "vision–language model",
+}
+
+
+def _tokenizer_text(tok: Mapping[str, Any] | None) -> str:
+    if tok is None:
+        return "None: an image-only model."
+    return (
+        f"`{tok['name_or_path']}`, context length {tok['context_length']} "
+        "(`model.tokenizer`; `model.encode_text` accepts strings)."
+    )
+
+
+def _usage(arch: Mapping[str, Any]) -> list[str]:
+    kind = arch["type"]
+    if kind in ("dual_encoder", "clip_head"):
+        lines = [
+            "image_features = model.encode_image([pil_image])  # model.transform applied",
+            'text_features = model.encode_text(["a photo of a dog"])  # model.tokenizer applied',
+        ]
+        if kind == "clip_head":
+            lines.append("logits = model.logits([pil_image])  # one column per class")
+        return lines
+    if kind == "vlm":
+        return ["logits = model.logits([pil_image], token_ids)  # next-token logits"]
+    return ["features = model.features([pil_image])  # model.transform applied"]
+
+
 def _metric_rows(metrics: Mapping[str, Any]) -> list[str]:
     if not metrics:
         return ["No metrics were recorded at export (`zoo export --metrics`)."]
@@ -35,7 +94,7 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[str]:
 def render_card(config: Mapping[str, Any]) -> str:
     """Markdown model card: summary, preprocessing, tokenizer, metrics, provenance, usage."""
     name, arch = config["name"], config["architecture"]
-    spec, counts = arch["spec"], arch.get("num_parameters", {})
+    counts = arch.get("num_parameters") or {}
     pre, tok, weights = config["preprocess"], config["tokenizer"], config["weights"]
     prov, recipe = config["provenance"], config.get("recipe") or {}
     heads = config["heads"]
@@ -49,15 +108,13 @@ def render_card(config: Mapping[str, Any]) -> str:
     lines = [
         f"# {name}",
         "",
-        f"A vl-zoo model: a **{config['paper']}** image–text dual encoder, exported with its "
-        "preprocessing, tokenizer and provenance.",
+        f"A vl-zoo model: a **{config['paper']}** {_KIND_TEXT.get(arch['type'], arch['type'])}"
+        ", exported with its preprocessing, tokenizer and provenance.",
         "",
         "| | |",
         "|---|---|",
         f"| Paper | `{config['paper']}` |",
-        f"| Vision tower | {_vision_summary(spec['vision'])} |",
-        f"| Text tower | {_text_summary(spec['text'])} |",
-        f"| Embedding dim | {spec['embed_dim']} |",
+        *_architecture_rows(arch),
         f"| Extra heads | {head_text} |",
         f"| Parameters | {counts.get('total', '?'):,} (backbone {counts.get('backbone', '?'):,}) |"
         if counts
@@ -73,8 +130,7 @@ def render_card(config: Mapping[str, Any]) -> str:
         "",
         "## Tokenizer",
         "",
-        f"`{tok['name_or_path']}`, context length {tok['context_length']} "
-        "(`model.tokenizer`; `model.encode_text` accepts strings).",
+        _tokenizer_text(tok),
         "",
         "## Metrics",
         "",
@@ -96,8 +152,7 @@ def render_card(config: Mapping[str, Any]) -> str:
         "",
         f'model = zoo.load("{name}")  # after installing this package',
         f'# or: zoo.load("local-dir:path/to/{name}")',
-        "image_features = model.encode_image([pil_image])  # model.transform applied",
-        'text_features = model.encode_text(["a photo of a dog"])  # model.tokenizer applied',
+        *_usage(arch),
         "```",
         "",
         "Install the package from its folder (`--no-build-isolation` uses the installed "

@@ -1,6 +1,7 @@
 """The ``config.json`` of a model folder: file names, reading with validation (no torch import).
 
-A model folder holds ``config.json`` (this schema, ``format_version`` 1), ``model.safetensors``,
+A model folder holds ``config.json`` (schema: :mod:`zoo.hub.schema`; ``format_version`` 1 for
+dual encoders, 2 for the other architectures of :mod:`zoo.hub.architectures`), ``model.safetensors``,
 ``model.safetensors.sha256``, ``README.md`` (the model card) and optionally ``tokenizer/`` and
 ``recipe.yaml``. See :mod:`zoo.hub` for the full layout.
 """
@@ -12,9 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zoo.hub.security import UnsafeConfigError, check_name, check_spec_is_inert, safe_child
+from pydantic import ValidationError
 
-FORMAT_VERSION = 1
+from zoo.hub.architectures import FORMAT_VERSION, validate_architecture
+from zoo.hub.schema import ModelConfig, describe_errors
+from zoo.hub.security import UnsafeConfigError, check_name, safe_child
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
@@ -22,6 +26,7 @@ TOKENIZER_DIR = "tokenizer"
 RECIPE_FILE = "recipe.yaml"
 CLIP_BPE = "clip-bpe"
 
+# Keys every config.json has (``tokenizer`` is ``null`` for image-only models).
 REQUIRED_KEYS = (
     "format_version",
     "name",
@@ -34,7 +39,6 @@ REQUIRED_KEYS = (
     "weights",
     "provenance",
 )
-PREPROCESS_KEYS = ("image_size", "resize", "crop", "mean", "std", "interpolation")
 
 
 def digest_file_name(weights_file: str) -> str:
@@ -47,30 +51,34 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def validate_config(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    """Check a parsed ``config.json``: required keys, format version, name, architecture and
-    that every path it names stays inside ``folder``. Returns it as a dict."""
+    """Check a parsed ``config.json`` against :class:`~zoo.hub.schema.ModelConfig` (unknown
+    keys and wrong types are errors naming the key), its format version, name and
+    architecture entry (:mod:`zoo.hub.architectures`), and that every path it names stays
+    inside ``folder``. Returns it as a dict."""
+    where = folder / CONFIG_FILE
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
-        raise UnsafeConfigError(f"{folder / CONFIG_FILE} lacks required keys: {missing}")
+        raise UnsafeConfigError(f"{where} lacks required keys: {missing}")
     version = config["format_version"]
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise UnsafeConfigError(
-            f"{folder / CONFIG_FILE}: format_version {version!r} is not supported "
+            f"{where}: format_version {version!r} is not supported "
             f"(this zoo reads 1..{FORMAT_VERSION}); upgrade vl-zoo"
         )
+    try:
+        ModelConfig.model_validate(dict(config))
+    except ValidationError as err:
+        raise UnsafeConfigError(f"{where}: {describe_errors(err)}") from None
     check_name(config["name"])
-    for key in ("architecture", "heads", "preprocess", "tokenizer", "weights", "provenance"):
-        if not isinstance(config[key], Mapping):
-            raise UnsafeConfigError(f"{folder / CONFIG_FILE}: {key} must be a JSON object")
-    arch = config["architecture"]
-    if not isinstance(arch, Mapping) or arch.get("type") != "dual_encoder":
-        raise UnsafeConfigError(f"unsupported architecture {arch!r} (expected dual_encoder)")
-    check_spec_is_inert(arch.get("spec") or {})
-    missing_pre = [k for k in PREPROCESS_KEYS if k not in config["preprocess"]]
-    if missing_pre:
-        raise UnsafeConfigError(f"config.json preprocess lacks {missing_pre}")
-    safe_child(folder, config["weights"].get("file"), "weights.file")
-    tokenizer = config["tokenizer"].get("name_or_path")
+    arch = validate_architecture(config["architecture"])
+    if version < arch.format_version:
+        raise UnsafeConfigError(
+            f"{where}: architecture {arch.name!r} needs format_version >= {arch.format_version}"
+        )
+    if config["tokenizer"] is None and arch.uses_text:
+        raise UnsafeConfigError(f"{where}: architecture {arch.name!r} needs a tokenizer entry")
+    safe_child(folder, config["weights"]["file"], "weights.file")
+    tokenizer = (config["tokenizer"] or {}).get("name_or_path", CLIP_BPE)
     if tokenizer != CLIP_BPE:
         safe_child(folder, tokenizer, "tokenizer.name_or_path")
     return dict(config)

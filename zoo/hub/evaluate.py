@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from zoo.data import build_digits, collate_samples
 from zoo.eval.features import extract_features
-from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_classifier
+from zoo.eval.zeroshot import zeroshot_accuracy
 
 
 def zero_shot_digits(model: Any, seed: int = 0, batch_size: int = 256) -> dict[str, dict[str, Any]]:
@@ -25,11 +25,12 @@ def zero_shot_digits(model: Any, seed: int = 0, batch_size: int = 256) -> dict[s
     dataset = digits.dataset("test", image_transform=model.transform, tokenizer=model.tokenizer)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     device = next(model.parameters()).device
-    feats, labels, _ = extract_features(model.encoder.encode_image, loader, device, model=model)
+    # through the model protocols (zoo.protocols), as the zero-shot callback does in training
+    feats, labels, _ = extract_features(
+        lambda images: model.features(images, "embed"), loader, device, model=model
+    )
     with torch.inference_mode():
-        classifier = zeroshot_classifier(
-            model.encoder, model.tokenizer, digits.classnames, digits.templates, device
-        )
+        classifier = model.class_weights(digits.classnames, digits.templates)
     acc = zeroshot_accuracy(feats, labels, classifier, top_k=(1,))
     dataset_name = (
         f"sklearn digits {size}px, held-out 30% split (seed {seed}, {len(labels)} images)"

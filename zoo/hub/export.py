@@ -10,7 +10,6 @@ Layout written to ``out`` (see :mod:`zoo.hub.package`)::
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -20,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.backbones import build_dual_encoder
+from zoo.hub.architectures import architecture_entry, get_architecture
 from zoo.hub.card import render_card
 from zoo.hub.config import (
     CARD_FILE,
     CLIP_BPE,
     CONFIG_FILE,
-    FORMAT_VERSION,
     RECIPE_FILE,
     TOKENIZER_DIR,
     WEIGHTS_FILE,
@@ -85,22 +83,19 @@ def normalise_metrics(metrics: Mapping[str, Any] | None) -> dict[str, dict[str, 
     return out
 
 
-def _check_spec(src: ExportSource) -> None:
-    """The stored spec must rebuild exactly this encoder (strict load), or loading would fail."""
-    build_dual_encoder(src.spec).load_state_dict(src.encoder.state_dict(), strict=True)
-
-
-def _copy_tokenizer(src: ExportSource, model_dir: Path) -> str:
-    if src.tokenizer == CLIP_BPE:
-        return CLIP_BPE
-    folder = Path(src.tokenizer).expanduser()
+def _copy_tokenizer(src: ExportSource, model_dir: Path) -> str | None:
+    """The ``tokenizer.name_or_path`` to write: ``clip-bpe``, ``None`` or the copied folder."""
+    name = src.preprocess.tokenizer
+    if name is None or name == CLIP_BPE:
+        return name
+    folder = Path(name).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {folder}")
     target = model_dir / TOKENIZER_DIR
     target.mkdir()
     files = src.tokenizer_files or tuple(p.name for p in folder.iterdir() if p.is_file())
-    for name in files:  # contents only: new files get the umask mode like the rest
-        shutil.copyfile(folder / name, target / name)
+    for file in files:  # contents only: new files get the umask mode like the rest
+        shutil.copyfile(folder / file, target / file)
     return TOKENIZER_DIR
 
 
@@ -115,7 +110,7 @@ def _recipe_entry(recipe: Path | None, model_dir: Path) -> dict[str, Any] | None
 
 
 def _num_parameters(src: ExportSource) -> dict[str, int]:
-    backbone = sum(p.numel() for p in src.encoder.parameters())
+    backbone = sum(p.numel() for p in src.model.parameters())
     heads = sum(p.numel() for h in src.heads.values() for p in h.parameters())
     return {"backbone": backbone, "heads": heads, "total": backbone + heads}
 
@@ -132,10 +127,12 @@ def write_model_folder(
     tokenizer / recipe copies of ``src`` into ``model_dir``; returns the config."""
     from zoo import __version__
 
-    _check_spec(src)
+    arch = get_architecture(src.architecture)
+    entry = architecture_entry(arch, src.model)  # verified: it rebuilds this model exactly
     torch_dtype = as_dtype(dtype)
-    state = cast_state(prefixed_state(src.encoder, src.heads), torch_dtype)
-    metadata = {"format": "pt", "zoo_name": name, "zoo_format_version": str(FORMAT_VERSION)}
+    state = cast_state(prefixed_state(src.model, src.heads), torch_dtype)
+    version = arch.format_version
+    metadata = {"format": "pt", "zoo_name": name, "zoo_format_version": str(version)}
     metadata |= {"dtype": dtype_name(torch_dtype), "zoo_version": __version__}
     digest = save_weights(model_dir / WEIGHTS_FILE, state, metadata)
     provenance: dict[str, Any] = {"source": display_path(source_path) if source_path else None}
@@ -144,23 +141,20 @@ def write_model_folder(
     provenance |= src.provenance | _git_commit()
     provenance["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     provenance["exported_by"] = f"vl-zoo {__version__}"
+    preprocess = src.preprocess.to_config()
+    tokenizer = _copy_tokenizer(src, model_dir)
+    if tokenizer is not None:
+        preprocess["tokenizer"]["name_or_path"] = tokenizer
     config = {
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "name": name,
         "zoo_version": __version__,
         "paper": src.paper,
         "recipe": _recipe_entry(src.recipe, model_dir),
-        "architecture": {
-            "type": "dual_encoder",
-            "spec": dataclasses.asdict(src.spec),
-            "num_parameters": _num_parameters(src),
-        },
+        "architecture": {**entry, "num_parameters": _num_parameters(src)},
         "heads": {n: describe_head(n, h) for n, h in src.heads.items()},
-        "preprocess": dict(src.preprocess),
-        "tokenizer": {
-            "name_or_path": _copy_tokenizer(src, model_dir),
-            "context_length": src.context_length,
-        },
+        "preprocess": preprocess["preprocess"],
+        "tokenizer": preprocess.get("tokenizer"),
         "weights": {"file": WEIGHTS_FILE, "sha256": digest, "dtype": dtype_name(torch_dtype)},
         "metrics": normalise_metrics(metrics),
         "provenance": provenance,

@@ -15,8 +15,6 @@ from torch import nn
 
 from zoo.backbones import DualEncoder, DualEncoderSpec
 from zoo.backbones.convert import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
     UntrustedCheckpointError,
     dual_encoder_from_hf_clip,
     dual_encoder_from_openai_state_dict,
@@ -25,7 +23,9 @@ from zoo.backbones.convert import (
     openai_clip_spec,
 )
 from zoo.backbones.dual_encoder import LOG_100
+from zoo.hub.architectures import get_architecture, module_architecture
 from zoo.hub.config import CLIP_BPE
+from zoo.preprocess import PreprocessSpec
 from zoo.specs import to_spec
 
 SourceFormat = Literal["auto", "lightning", "hf-clip", "openai"]
@@ -42,17 +42,16 @@ HF_TOKENIZER_FILES = (
 
 @dataclass
 class ExportSource:
-    """A model to export: encoder + spec, heads, preprocessing, tokenizer and provenance.
+    """A model to export: the module its architecture describes (stored under ``backbone.``),
+    extra heads (``head.<name>.``), preprocessing, tokenizer files and provenance.
 
-    ``tokenizer`` is ``"clip-bpe"`` or a local folder whose files get copied (``tokenizer_files``
-    limits which; empty = the whole folder).
+    ``preprocess.tokenizer`` is ``"clip-bpe"``, ``None`` (image-only) or a local folder whose
+    files get copied (``tokenizer_files`` limits which; empty = the whole folder).
     """
 
-    encoder: DualEncoder
-    spec: DualEncoderSpec
-    preprocess: dict[str, Any]
-    context_length: int
-    tokenizer: str = CLIP_BPE
+    model: nn.Module
+    architecture: str
+    preprocess: PreprocessSpec
     tokenizer_files: tuple[str, ...] = ()
     heads: dict[str, nn.Module] = field(default_factory=dict)
     paper: str = "clip"
@@ -82,10 +81,19 @@ def _complete_converter_spec(spec: DualEncoderSpec, encoder: DualEncoder) -> Dua
     return spec
 
 
-def _converter_preprocess(pre: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    pre = dict(pre)
-    context_length = int(pre.pop("context_length"))
-    return pre, context_length
+def _converter_preprocess(pre: dict[str, Any], tokenizer: str = CLIP_BPE) -> PreprocessSpec:
+    """The converters' preprocessing dict (``zoo.backbones.convert``) as a spec."""
+    crop = int(pre.get("crop") or pre["image_size"])
+    resize = int(pre.get("resize") or crop)
+    return PreprocessSpec(
+        image_size=crop,
+        resize=None if resize == crop else resize,
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        interpolation=str(pre["interpolation"]),
+        tokenizer=tokenizer,
+        context_length=int(pre["context_length"]),
+    )
 
 
 # --------------------------------------------------------------------------- Lightning
@@ -125,24 +133,42 @@ def _find_recipe(path: Path) -> Path | None:
     return None
 
 
-def _datamodule_preprocess(dm: dict[str, Any], spec: DualEncoderSpec) -> dict[str, Any]:
-    size = int(dm.get("image_size") or spec.vision.img_size)
-    return {
-        "image_size": size,
-        "resize": size,
-        "crop": size,
-        "mean": [float(x) for x in (dm.get("mean") or OPENAI_CLIP_MEAN)],
-        "std": [float(x) for x in (dm.get("std") or OPENAI_CLIP_STD)],
-        "interpolation": "bicubic",  # build_transform's default, used by the datamodules
-    }
+def _size_defaults(model: nn.Module) -> dict[str, int]:
+    """Image size and context length of the model's spec: the preprocessing defaults when
+    the datamodule hyper-parameters leave them unset."""
+    spec = getattr(model, "spec", None)
+    if spec is None and isinstance(getattr(model, "encoder", None), DualEncoder):
+        spec = getattr(model.encoder, "spec", None)
+    vision = getattr(spec, "vision", spec)
+    text = getattr(spec, "text", None)
+    out = {}
+    if getattr(vision, "img_size", None):
+        out["image_size"] = int(vision.img_size)
+    if getattr(text, "context_length", None):
+        out["context_length"] = int(text.context_length)
+    return out
+
+
+def _inert_hparams(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A dual-encoder ``encoder`` hyper-parameter with ``vision.checkpoint`` cleared, so the
+    rebuild reads no file (the checkpoint's state dict holds the weights)."""
+    if "encoder" not in kwargs:
+        return kwargs
+    encoder = kwargs["encoder"]
+    if encoder is None or isinstance(encoder, DualEncoderSpec | dict):
+        kwargs["encoder"] = _inert_spec(encoder)
+    return kwargs
 
 
 def from_lightning(
     path: Path, trust_pickle: bool = False, class_path: str | None = None
 ) -> ExportSource:
     """A ``zoo fit`` checkpoint: the module is rebuilt from ``hyper_parameters``
-    (``_class_path`` + init args), its state loaded strictly; preprocessing and tokenizer come
-    from ``datamodule_hyper_parameters`` (OpenAI mean/std when unset)."""
+    (``_class_path`` + init args), its state loaded strictly. What is exported comes from the
+    module (:func:`zoo.hub.architectures.module_architecture`: ``export_model()``, else the
+    dual encoder at ``.encoder`` plus every other child with weights as a head);
+    preprocessing and tokenizer from ``datamodule_hyper_parameters``
+    (:meth:`PreprocessSpec.from_hparams`)."""
     if not trust_pickle:
         raise _refuse_ckpt(path)
     ckpt = _read_ckpt(path)
@@ -153,25 +179,33 @@ def from_lightning(
             f"{path} has no hyper_parameters._class_path (not written by `zoo fit`); pass the "
             "module class, e.g. --class-path lightning_modules.slip.SLIP"
         )
-    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    spec = _inert_spec(kwargs.get("encoder"))
-    kwargs["encoder"] = copy.deepcopy(spec)
+    kwargs = _inert_hparams({k: v for k, v in hparams.items() if not k.startswith("_")})
     module = _import_class(class_path)(**kwargs)
     module.load_state_dict(ckpt["state_dict"], strict=True)
-    heads = {
-        name: child
-        for name, child in module.named_children()
-        if name != "encoder" and len(child.state_dict()) > 0
-    }
-    dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    tokenizer = str(dm.get("tokenizer") or CLIP_BPE)
+    found = module_architecture(module)
+    if found is None:
+        raise ValueError(
+            f"{class_path} has no export_model() and no DualEncoder at .encoder: nothing to "
+            "export (see zoo.hub.architectures)"
+        )
+    arch_name, model = found
+    heads: dict[str, nn.Module] = {}
+    if not callable(getattr(module, "export_model", None)):  # CLIP / SLIP: extra heads
+        heads = {
+            name: child.eval()
+            for name, child in module.named_children()
+            if name != "encoder" and len(child.state_dict()) > 0
+        }
+    preprocess = PreprocessSpec.from_hparams(
+        dict(ckpt.get("datamodule_hyper_parameters") or {}), **_size_defaults(model)
+    )
+    if not get_architecture(arch_name).uses_text:
+        preprocess = dataclasses.replace(preprocess, tokenizer=None)
     return ExportSource(
-        encoder=module.encoder.eval(),
-        spec=spec,
-        preprocess=_datamodule_preprocess(dm, spec),
-        context_length=int(dm.get("context_length") or spec.text.context_length),
-        tokenizer=tokenizer,
-        heads={n: h.eval() for n, h in heads.items()},
+        model=model.eval(),
+        architecture=arch_name,
+        preprocess=preprocess,
+        heads=heads,
         paper=class_path.split(".")[-2] if class_path.count(".") >= 1 else class_path,
         recipe=_find_recipe(path),
         provenance={
@@ -192,15 +226,13 @@ def from_hf_clip(path: Path) -> ExportSource:
 
     encoder, pre = dual_encoder_from_hf_clip(path)
     spec = hf_clip_spec(CLIPConfig.from_pretrained(path, local_files_only=True))
-    preprocess, context_length = _converter_preprocess(pre)
+    encoder.spec = _complete_converter_spec(spec, encoder)
     has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     files = tuple(f for f in HF_TOKENIZER_FILES if (path / f).is_file())
     return ExportSource(
-        encoder=encoder,
-        spec=_complete_converter_spec(spec, encoder),
-        preprocess=preprocess,
-        context_length=context_length,
-        tokenizer=str(path) if has_tokenizer else CLIP_BPE,
+        model=encoder,
+        architecture="dual_encoder",
+        preprocess=_converter_preprocess(pre, str(path) if has_tokenizer else CLIP_BPE),
         tokenizer_files=files if has_tokenizer else (),
         provenance={"source_format": "hf-clip"},
     )
@@ -217,12 +249,11 @@ def from_openai(
     state = load_state_file(path, trust_pickle=trust_pickle)
     spec = openai_clip_spec(state, quick_gelu, vision_heads, text_heads)
     encoder, pre = dual_encoder_from_openai_state_dict(state, quick_gelu, vision_heads, text_heads)
-    preprocess, context_length = _converter_preprocess(pre)
+    encoder.spec = _complete_converter_spec(spec, encoder)
     return ExportSource(
-        encoder=encoder,
-        spec=_complete_converter_spec(spec, encoder),
-        preprocess=preprocess,
-        context_length=context_length,
+        model=encoder,
+        architecture="dual_encoder",
+        preprocess=_converter_preprocess(pre),
         provenance={"source_format": "openai", "quick_gelu": quick_gelu},
     )
 

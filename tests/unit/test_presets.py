@@ -1,0 +1,127 @@
+"""Encoder presets as data: literal resolution with overrides, unknown names, and every
+recipe's encoder equal to the block it spelled out before presets (captured below)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zoo.backbones import DualEncoderSpec, TextSpec, VisionSpec
+from zoo.backbones.presets import UnknownPresetError, preset_names
+from zoo.specs import to_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+_TEXT = {"vocab_size": 49408, "width": 512, "layers": 12, "heads": 8, "context_length": 77}
+_TINY = {
+    "vision": {
+        "model_name": "vit_tiny_patch16_224",
+        "img_size": 16,
+        "patch_size": 4,
+        "embed_dim": 64,
+        "depth": 2,
+        "num_heads": 4,
+    },
+    "text": {"vocab_size": 49408, "width": 64, "layers": 2, "heads": 4, "context_length": 16},
+    "embed_dim": 64,
+}
+_S16 = {
+    "vision": {"model_name": "vit_small_patch16_224", "img_size": 224, "num_heads": 12},
+    "text": _TEXT,
+    "embed_dim": 512,
+}
+_B16 = {
+    "vision": {"model_name": "vit_base_patch16_224", "img_size": 224},
+    "text": _TEXT,
+    "embed_dim": 512,
+}
+_L16 = {
+    "vision": {"model_name": "vit_large_patch16_224", "img_size": 224},
+    "text": _TEXT,
+    "embed_dim": 512,
+}
+# The encoder blocks of the recipes as written before presets (issue 9).
+RECIPE_ENCODERS = {
+    "clip/tiny": _TINY,
+    "clip/vit_s16_yfcc15m": _S16,
+    "clip/vit_b16_cc3m": _B16,
+    "clip/vit_b16_cc12m": _B16,
+    "clip/vit_b16_yfcc15m": _B16,
+    "clip/vit_l16_yfcc15m": _L16,
+    "slip/tiny": _TINY,
+    "slip/vit_s16_yfcc15m": _S16,
+    "slip/vit_b16_cc3m": _B16,
+    "slip/vit_b16_cc12m": _B16,
+    "slip/vit_b16_yfcc15m": _B16,
+    "slip/vit_l16_yfcc15m": _L16,
+}
+
+
+def test_every_recipe_is_covered() -> None:
+    recipes = {
+        f"{p.parent.name}/{p.stem}"
+        for p in (ROOT / "recipes").glob("*/*.yaml")
+        if p.name != "metafile.yaml"
+    }
+    assert recipes == set(RECIPE_ENCODERS)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_ENCODERS))
+def test_recipe_encoder_resolves_to_its_original_block(recipe) -> None:
+    config = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    encoder = config["model"]["init_args"]["encoder"]
+    assert to_spec(DualEncoderSpec, encoder) == to_spec(DualEncoderSpec, RECIPE_ENCODERS[recipe])
+
+
+def test_preset_with_overrides_is_an_exact_literal_spec() -> None:
+    spec = to_spec(
+        DualEncoderSpec,
+        {"preset": "vit-b16-clip", "vision": {"drop_path_rate": 0.1}, "embed_dim": 256},
+    )
+    assert spec == DualEncoderSpec(
+        vision=VisionSpec(model_name="vit_base_patch16_224", img_size=224, drop_path_rate=0.1),
+        text=TextSpec(vocab_size=49408, width=512, layers=12, heads=8, context_length=77),
+        embed_dim=256,
+    )
+
+
+def test_presets_cover_the_paper_scale_encoders() -> None:
+    assert set(preset_names()) >= {
+        "vit-tiny-digits",
+        "vit-s16-clip",
+        "vit-b16-clip",
+        "vit-l16-clip",
+    }
+    spec = to_spec(DualEncoderSpec, {"preset": "vit-s16-clip"})
+    assert spec.vision.num_heads == 12  # MoCo-v3's ViT-S/16, as SLIP uses
+    assert dataclasses.asdict(spec) == dataclasses.asdict(to_spec(DualEncoderSpec, _S16))
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownPresetError, match=r"'vit-b99'; known presets: vit-b16-clip, "):
+        to_spec(DualEncoderSpec, {"preset": "vit-b99"})
+
+
+def test_unknown_override_key_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown VisionSpec keys: depthh"):
+        to_spec(DualEncoderSpec, {"preset": "vit-b16-clip", "vision": {"depthh": 3}})
+
+
+def test_jsonargparse_resolves_presets_and_dumps_the_resolved_spec() -> None:
+    from jsonargparse import ArgumentParser
+
+    class Module:
+        def __init__(self, encoder: DualEncoderSpec | None = None):
+            self.encoder = encoder
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Module, "model")
+    cfg = parser.parse_args(["--model.encoder", '{"preset": "vit-tiny-digits", "embed_dim": 32}'])
+    expected = to_spec(DualEncoderSpec, {**_TINY, "embed_dim": 32})
+    assert cfg.model.encoder == expected
+    dumped = yaml.safe_load(parser.dump(cfg))["model"]["encoder"]
+    assert dumped == dataclasses.asdict(expected)
+    with pytest.raises(Exception, match="known presets: vit-b16-clip"):
+        parser.parse_args(["--model.encoder", '{"preset": "nope"}'])
