@@ -150,10 +150,14 @@ def find_last_checkpoint(trainer: L.Trainer) -> Path | None:
 
 
 def add_fit_callbacks(trainer: L.Trainer) -> None:
-    """Add :class:`NonFiniteGuard` and :class:`ExactResume` unless the recipe already has
-    them (e.g. a guard with ``check_every_n_steps``), before the checkpoint callbacks
-    (Lightning runs those last)."""
-    missing = [cls() for cls in (NonFiniteGuard, ExactResume) if not trainer_has(trainer, cls)]
+    """Add :class:`NonFiniteGuard`, :class:`ExactResume` and
+    :class:`zoo.freeze.FrozenTowerCheck` (a no-op for modules without frozen towers) unless
+    the recipe already has them (e.g. a guard with ``check_every_n_steps``), before the
+    checkpoint callbacks (Lightning runs those last)."""
+    from zoo.freeze import FrozenTowerCheck
+
+    defaults = (NonFiniteGuard, ExactResume, FrozenTowerCheck)
+    missing = [cls() for cls in defaults if not trainer_has(trainer, cls)]
     at = next(
         (i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)),
         len(trainer.callbacks),

@@ -1,10 +1,9 @@
-"""Freezing helpers, EMA, and the projection MLP block spec."""
+"""Freezing helpers and the projection MLP block spec (the EMA teacher: test_ema_teacher.py)."""
 
 import pytest
 import torch
 from torch import nn
 
-from zoo.ema import EMA
 from zoo.freeze import assert_frozen, freeze, trainable_parameter_names
 from zoo.heads import MLPSpec, ProjectionMLP
 
@@ -27,23 +26,6 @@ def test_frozen_weights_stay_bit_identical_through_training():
         opt.zero_grad()
     for k, v in model[:2].state_dict().items():
         assert torch.equal(v, before[k]), k  # includes BN running stats (eval mode)
-
-
-def test_ema_update_rule():
-    model = nn.Linear(3, 1)
-    ema = EMA(model, decay=0.9)
-    start = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update(model)  # first update copies (AveragedModel semantics)
-    torch.testing.assert_close(ema.module.weight, model.weight)
-    prev = ema.module.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update(model)
-    torch.testing.assert_close(ema.module.weight, 0.9 * prev + 0.1 * model.weight)
-    assert not any(p.requires_grad for p in ema.parameters())
-    assert not torch.equal(start, ema.module.weight)
 
 
 def test_projection_mlp_matches_slip_head_layout():
