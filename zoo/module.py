@@ -22,6 +22,9 @@ from zoo.optim import (
     optimizer_steps_per_epoch,
 )
 
+#: Checkpoint key of the preprocessing record (see :meth:`ZooModule.on_save_checkpoint`).
+PREPROCESS_KEY = "preprocess"
+
 
 class ZooModule(L.LightningModule):
     def __init__(self, optim: OptimSpec | None = None):
@@ -126,6 +129,16 @@ class ZooModule(L.LightningModule):
 
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (clamps, EMA updates). Override as needed."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the datamodule's preprocessing (:class:`zoo.preprocess.PreprocessSpec`) in
+        the checkpoint as ``checkpoint["preprocess"]`` (its ``config.json`` form), so
+        ``zoo export`` writes the spec the model was trained and evaluated with instead of
+        reconstructing it from the datamodule's arguments."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        spec = getattr(datamodule, "preprocess", None)
+        if spec is not None and hasattr(spec, "to_config"):
+            checkpoint[PREPROCESS_KEY] = spec.to_config()
 
     def test_step(self, batch: Any, batch_idx: int) -> Any:
         """By default a paper's test step is its validation step (logged under ``test/``)."""

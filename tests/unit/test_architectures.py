@@ -4,6 +4,7 @@ pydantic ``config.json`` schema's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from zoo.backbones.clip_head import (
 )
 from zoo.backbones.vision import VisionEncoder, VisionSpec
 from zoo.backbones.vlm import VisionLanguageModel
+from zoo.datamodule import ZooDataModule
 from zoo.hub import UnsafeConfigError, export_model, load_model_folder
 from zoo.hub.architectures import ARCHITECTURES, module_architecture
 from zoo.hub.export import write_model_folder
@@ -240,6 +242,57 @@ def test_lightning_export_uses_export_model_and_datamodule_preprocessing(tmp_pat
     assert loaded.preprocess == PreprocessSpec(**{**PRE.__dict__, "tokenizer": None})
     images = _images()
     assert torch.equal(loaded.features(images), module.backbone.features(images))
+
+
+class _TrainableMAE(TinyMAE):
+    def __init__(self, vision: dict | None = None):
+        super().__init__(vision)
+        self.save_hyperparameters()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.decoder(self.backbone.features(batch["image"])).pow(2).mean()
+
+
+class _RecordedPreprocessData(ZooDataModule):
+    """Preprocessing that its (absent) hyper-parameters cannot reveal."""
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return dataclasses.replace(PRE, tokenizer=None)
+
+    def train_dataloader(self):
+        images = _images(8)
+        return self._loader([{"image": x, "label": 0} for x in images], train=True)
+
+
+def test_export_writes_the_preprocessing_recorded_in_the_checkpoint(tmp_path) -> None:
+    """``zoo fit`` checkpoints carry the datamodule's PreprocessSpec; export writes it as is
+    (rebuilding it from the datamodule's arguments would give 16 px, OpenAI mean / std,
+    bicubic and no resize here)."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(_TrainableMAE(VISION), datamodule=_RecordedPreprocessData(batch_size=4))
+    (ckpt,) = tmp_path.glob("**/*.ckpt")
+    recorded = torch.load(ckpt, map_location="cpu", weights_only=False)["preprocess"]
+    assert recorded == dataclasses.replace(PRE, tokenizer=None).to_config()
+    result = export_model(
+        ckpt,
+        "tiny-mae-fit",
+        tmp_path / "out",
+        trust_pickle=True,
+        class_path=f"{__name__}._TrainableMAE",
+    )
+    loaded = load_model_folder(result.model_dir)
+    assert loaded.preprocess == dataclasses.replace(PRE, tokenizer=None)
 
 
 def test_module_architecture_fallback() -> None:

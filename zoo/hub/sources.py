@@ -167,8 +167,9 @@ def from_lightning(
     (``_class_path`` + init args), its state loaded strictly. What is exported comes from the
     module (:func:`zoo.hub.architectures.module_architecture`: ``export_model()``, else the
     dual encoder at ``.encoder`` plus every other child with weights as a head);
-    preprocessing and tokenizer from ``datamodule_hyper_parameters``
-    (:meth:`PreprocessSpec.from_hparams`)."""
+    preprocessing and tokenizer from the spec the datamodule recorded in the checkpoint
+    (``checkpoint["preprocess"]``; older checkpoints: rebuilt from
+    ``datamodule_hyper_parameters`` by :meth:`PreprocessSpec.from_hparams`)."""
     if not trust_pickle:
         raise _refuse_ckpt(path)
     ckpt = _read_ckpt(path)
@@ -196,9 +197,12 @@ def from_lightning(
             for name, child in module.named_children()
             if name != "encoder" and len(child.state_dict()) > 0
         }
-    preprocess = PreprocessSpec.from_hparams(
-        dict(ckpt.get("datamodule_hyper_parameters") or {}), **_size_defaults(model)
-    )
+    if isinstance(ckpt.get("preprocess"), dict):  # recorded by ZooModule.on_save_checkpoint
+        preprocess = PreprocessSpec.from_config(ckpt["preprocess"])
+    else:  # checkpoints written before the record existed
+        preprocess = PreprocessSpec.from_hparams(
+            dict(ckpt.get("datamodule_hyper_parameters") or {}), **_size_defaults(model)
+        )
     if not get_architecture(arch_name).uses_text:
         preprocess = dataclasses.replace(preprocess, tokenizer=None)
     return ExportSource(
