@@ -459,3 +459,22 @@ def test_import_zoo_and_list_models_stay_torch_free() -> None:
             [sys.executable, "-m", "zoo", "--help"], capture_output=True, text=True
         ).stdout
     )
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in hash-map order; the zoo sorts it, so one model has
+    one sha256 (a digest can show that two exports hold the same model)."""
+    from zoo.hub.weights import save_weights
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    metadata = {f"key{i}": f"value {i}" for i in range(12)}
+    digests = set()
+    for i in range(8):
+        (tmp_path / str(i)).mkdir()
+        digests.add(save_weights(tmp_path / str(i) / "model.safetensors", state, metadata))
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0" / "model.safetensors"), "pt") as f:
+        assert f.metadata() == metadata
+        assert torch.equal(f.get_tensor("w"), state["w"])

@@ -9,6 +9,7 @@ sidecar, and only then parses it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,10 +113,31 @@ def save_weights(path: Path, state: Mapping[str, Tensor], metadata: Mapping[str,
     from safetensors.torch import save_file
 
     save_file(dict(state), str(path), metadata={k: str(v) for k, v in metadata.items()})
+    sort_metadata(path)
     os.chmod(path, new_file_mode())
     digest = sha256_file(path)
     path.with_name(digest_file_name(path.name)).write_text(f"{digest}  {path.name}\n")
     return digest
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+
+    safetensors (0.8) keeps the metadata in a Rust ``HashMap`` and writes it in that map's
+    random iteration order, so the same tensors and metadata would give other bytes, hence
+    another sha256, on every export. The sorted header has the same keys and values, so the
+    same length: only the header is rewritten, the tensor data is not touched."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:
+            raise RuntimeError(f"{path}: the sorted safetensors header does not fit ({n} bytes)")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces
 
 
 def load_weights(
