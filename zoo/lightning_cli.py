@@ -53,6 +53,28 @@ def _fill_dataclass_defaults(cfg) -> None:
                 init_args[pname] = Namespace(**dataclasses.asdict(default))
 
 
+#: The jsonargparse parser mode of the zoo's command line: YAML with encoder presets expanded.
+PARSER_MODE = "yaml_zoo_presets"
+
+
+def load_with_presets(text: str):
+    """jsonargparse's YAML loader, then :func:`zoo.backbones.presets.expand_presets`: a
+    recipe's ``encoder: {preset: vit-b16-clip, ...}`` (or the same mapping given as a
+    command-line value) reaches the parser as the full encoder mapping."""
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    from zoo.backbones.presets import expand_presets
+
+    return expand_presets(yaml_load(text))
+
+
+def _register_loader() -> None:
+    import yaml
+    from jsonargparse import set_loader
+
+    set_loader(PARSER_MODE, load_with_presets, exceptions=(yaml.YAMLError,))
+
+
 def _cli_class():
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -126,6 +148,7 @@ def run_lightning_cli(args: Sequence[str]):
 
     # A datamodule without validation data returns no val loader; that is intended.
     warnings.filterwarnings("ignore", message=r"Total length of .* across ranks is zero")
+    _register_loader()
     cli_cls = _cli_class()
     argv = list(args)
     # From the console, LightningCLI reads sys.argv itself (passing both only warns).
@@ -148,5 +171,5 @@ def _parser_kwargs(cli_cls) -> dict:
     subcommand parsers (where ``--trainer.*`` options live) get theirs keyed by name.
     ``allow_abbrev=False``: argparse would otherwise take a typo that is a prefix of an
     option (``--trainer.max_epoch``) as that option (``max_epochs``)."""
-    common = {"default_env": False, "allow_abbrev": False}
+    common = {"default_env": False, "allow_abbrev": False, "parser_mode": PARSER_MODE}
     return {"prog": "zoo", **common} | {verb: dict(common) for verb in cli_cls.subcommands()}

@@ -10,14 +10,12 @@ width 32 on 32-pixel images (same architecture family, same heads), batch 2, and
 template instead of 80 (the 1000 ImageNet class names stay).
 """
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from zoo.backbones.presets import merge, resolve_preset
 from zoo.cli import main
 from zoo.data.layouts import write_recipe_layout
 
@@ -40,17 +38,13 @@ def _id(path: Path) -> str:
 def _shrink_model(init_args: dict) -> list[str]:
     """CLI overrides that keep the recipe's model class and heads at a CPU-testable size."""
     args: list[str] = []
-    encoder = init_args.get("encoder") or {}
-    if encoder:  # a preset (+ overrides), resolved, then shrunk; passed as one mapping
-        small = merge(
-            resolve_preset(encoder),
-            {
-                "vision": {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2},
-                "text": {"width": 32, "layers": 1, "heads": 2},
-                "embed_dim": 32,
-            },
-        )
-        args.append("--model.init_args.encoder=" + json.dumps(small))
+    # dotted overrides on top of the recipe's encoder preset (expanded when the recipe loads)
+    if init_args.get("encoder"):
+        p = "--model.init_args.encoder.vision"
+        args += [f"{p}.img_size=32", f"{p}.depth=1", f"{p}.embed_dim=32", f"{p}.num_heads=2"]
+        p = "--model.init_args.encoder.text"
+        args += [f"{p}.width=32", f"{p}.layers=1", f"{p}.heads=2"]
+        args.append("--model.init_args.encoder.embed_dim=32")
     if "ssl_head" in init_args:
         args += [
             "--model.init_args.ssl_head.hidden_dims=[64]",

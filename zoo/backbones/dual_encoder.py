@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.backbones.pooled import timm_vit_pooled_forward, timm_vit_prunable
-from zoo.backbones.presets import register_cli_type, resolve_preset
+from zoo.backbones.presets import resolve_preset
 from zoo.backbones.text import CLIPTextTower, TextSpec
 from zoo.backbones.vision import VisionSpec, build_vision_tower
 
@@ -97,9 +97,6 @@ class DualEncoderSpec:
     def resolve_mapping(value: Mapping[str, Any]) -> dict[str, Any]:
         """``{preset: NAME, **overrides}`` → the full mapping (used by ``zoo.specs.to_spec``)."""
         return resolve_preset(value)
-
-
-register_cli_type()  # recipes parse encoder mappings (presets included) through to_spec
 
 
 class DualEncoder(nn.Module):

@@ -7,9 +7,10 @@ A preset is a YAML file ``zoo/backbones/presets/<name>.yaml`` holding a
     encoder: {preset: vit-b16-clip, vision: {drop_path_rate: 0.1}}
 
 resolves to the preset with ``vision.drop_path_rate`` replaced and every other field kept.
-Resolution happens when the spec is built (:func:`zoo.specs.to_spec` and, in recipes, the
-jsonargparse type registered in :func:`register_cli_type`), so ``--print_config``, saved
-``config.yaml`` files and checkpoints hold the resolved spec, never the preset name.
+Resolution happens when the spec is built (:func:`zoo.specs.to_spec`) and, for recipes and
+command-line values, when the zoo's command line loads them (:func:`expand_presets`), so
+``--print_config``, saved ``config.yaml`` files and checkpoints hold the resolved spec, never
+the preset name, and fields can still be overridden one by one on the command line.
 """
 
 from __future__ import annotations
@@ -75,30 +76,23 @@ def resolve_preset(value: Mapping[str, Any]) -> dict[str, Any]:
     return merge(load_preset(value[PRESET_KEY]), overrides)
 
 
-def _cli_deserialize(value: Any) -> Any:
-    from zoo.backbones.dual_encoder import DualEncoderSpec
-    from zoo.specs import to_spec
+def expand_presets(data: Any) -> Any:
+    """``data`` (a parsed YAML / JSON value) with every mapping that has a ``preset`` key
+    replaced by the complete :class:`~zoo.backbones.DualEncoderSpec` mapping it resolves to
+    (:func:`resolve_preset`, then every field written out), recursively. The zoo's command line loads
+    recipes and option values through this (:func:`zoo.lightning_cli.load_with_presets`),
+    so jsonargparse only ever sees full encoder mappings: ``--print_config`` and the saved
+    ``config.yaml`` hold the resolved spec, and dotted overrides such as
+    ``--model.init_args.encoder.vision.depth=1`` apply on top of the preset."""
+    if isinstance(data, Mapping):
+        if isinstance(data.get(PRESET_KEY), str):
+            # every field written out: a preset given on the command line replaces the
+            # recipe's encoder whole, instead of jsonargparse merging it field by field
+            from zoo.backbones.dual_encoder import DualEncoderSpec
+            from zoo.specs import to_spec
 
-    if type(value).__name__ == "NestedArg":  # --model.init_args.encoder.vision.depth=1
-        raise ValueError(
-            "encoder fields cannot be overridden one by one on the command line; pass the "
-            "whole mapping, e.g. --model.init_args.encoder='{preset: vit-b16-clip, "
-            "vision: {drop_path_rate: 0.1}}'"
-        )
-    if isinstance(value, str):
-        value = yaml.safe_load(value)
-    return to_spec(DualEncoderSpec, value)
-
-
-@functools.cache
-def register_cli_type() -> None:
-    """Make jsonargparse (LightningCLI) parse ``DualEncoderSpec`` arguments through
-    :func:`zoo.specs.to_spec`, so recipes may name a preset; dumps (``--print_config``, the
-    saved ``config.yaml``) write the resolved spec. Idempotent."""
-    try:
-        from jsonargparse.typing import register_type
-    except ImportError:  # the CLI is not installed: nothing to register
-        return
-    from zoo.backbones.dual_encoder import DualEncoderSpec
-
-    register_type(DualEncoderSpec, serializer=dataclasses.asdict, deserializer=_cli_deserialize)
+            return dataclasses.asdict(to_spec(DualEncoderSpec, data))
+        return {key: expand_presets(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [expand_presets(value) for value in data]
+    return data
