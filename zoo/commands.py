@@ -1,7 +1,7 @@
-"""``zoo list``, ``zoo info`` and ``zoo export``.
+"""``zoo list``, ``zoo info``, ``zoo recipes`` and ``zoo export``.
 
-``list`` and ``info`` read the recipe folders, metafiles and installed model packages without
-importing torch; ``export`` imports the model code when it runs.
+``list``, ``info`` and ``recipes`` read the recipe folders, metafiles and installed model
+packages without importing torch; ``export`` imports the model code when it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo.recipe_index import get_paper, papers
+from zoo.recipe_index import (
+    copy_recipes,
+    find_recipe,
+    get_paper,
+    papers,
+    recipe_names,
+    recipes_dir,
+    resolve_recipe,
+)
 
 
 def list_command(argv: Sequence[str]) -> int:
@@ -31,10 +39,13 @@ def list_command(argv: Sequence[str]) -> int:
 
 
 def _relative(path: Path) -> str:
+    """A recipe as ``--config`` takes it: relative to the working directory when it is under
+    it (``recipes/slip/tiny.yaml`` in a checkout), else its name (``slip/tiny.yaml``), which
+    resolves to the bundled recipe of an installed wheel."""
     try:
         return path.relative_to(Path.cwd()).as_posix()
     except ValueError:
-        return path.as_posix()
+        return f"{path.parent.name}/{path.name}"
 
 
 def _fmt_row(cells: Sequence[object], widths: Sequence[int]) -> str:
@@ -50,10 +61,18 @@ def _table(rows: list[list[object]], header: list[str]) -> list[str]:
 
 def info_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="zoo info", description="Show a paper's numbers.")
-    parser.add_argument("paper", help="paper slug, e.g. slip (see `zoo list`)")
+    parser.add_argument(
+        "paper", help="paper slug, e.g. slip, or one of its recipes, slip/tiny (see `zoo list`)"
+    )
     args = parser.parse_args(argv)
+    slug = args.paper
+    if "/" in slug or slug.endswith(".yaml"):  # a recipe: show its paper
+        try:
+            slug = resolve_recipe(slug).resolve().parent.name
+        except FileNotFoundError as err:
+            parser.error(str(err))
     try:
-        paper = get_paper(args.paper)
+        paper = get_paper(slug)
     except KeyError as err:
         parser.error(str(err.args[0]))
     meta = paper.metafile
@@ -94,6 +113,50 @@ def info_command(argv: Sequence[str]) -> int:
             for r in reproduced
         ]
         print("\n".join("  " + line for line in _table(rows, header)))
+    return 0
+
+
+def recipes_command(argv: Sequence[str]) -> int:
+    """``zoo recipes list | show RECIPE | copy (NAME... | --all) DIR [--force]``."""
+    parser = argparse.ArgumentParser(
+        prog="zoo recipes",
+        description="The recipes bundled with vl-zoo (found in "
+        "$VL_ZOO_RECIPES, the installed package or the source tree).",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every recipe name (what --config accepts) and the folder")
+    show = sub.add_parser("show", help="print a known recipe's YAML")
+    show.add_argument("recipe", help="e.g. slip/tiny")
+    copy = sub.add_parser(
+        "copy",
+        help="write an editable copy of papers (slip: recipes, metafile, README) or recipes",
+        description="Write an editable copy: `zoo recipes copy slip ./my-recipes` writes "
+        "./my-recipes/slip/; then `zoo fit --config my-recipes/slip/tiny.yaml`.",
+    )
+    copy.add_argument("names", nargs="*", help="papers (slip) or recipes (slip/tiny)")
+    copy.add_argument("dest", help="destination folder; <paper>/ folders are made inside it")
+    copy.add_argument("--all", action="store_true", help="copy every paper")
+    copy.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        print(f"# recipes folder: {recipes_dir()}")
+        print("\n".join(recipe_names()))
+        return 0
+    if args.action == "show":
+        try:
+            print(find_recipe(args.recipe).read_text(), end="")
+        except FileNotFoundError as err:
+            show.error(str(err))
+        return 0
+    if args.all == bool(args.names):
+        copy.error("name papers or recipes to copy, or give --all (not both)")
+    names = [p.slug for p in papers()] if args.all else args.names
+    try:
+        written = copy_recipes(names, Path(args.dest), force=args.force)
+    except (KeyError, FileNotFoundError, FileExistsError) as err:
+        copy.error(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

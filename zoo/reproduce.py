@@ -154,6 +154,13 @@ def reproduce_command(argv: Sequence[str]) -> int:
     recipe = Path(args.recipe)
     if not recipe.is_file():
         parser.error(f"recipe not found: {recipe}")
+    from zoo.recipe_index import BUNDLED_RECIPES
+
+    if args.append and recipe.resolve().is_relative_to(BUNDLED_RECIPES.resolve()):
+        parser.error(
+            "--append writes into the recipe's metafile, and this recipe is the copy installed "
+            "with vl-zoo: run `zoo recipes copy PAPER DIR` or use a source checkout"
+        )
     if args.from_record:
         record = json.loads(Path(args.from_record).read_text())
         if Path(record["recipe"]).name != recipe.name or record["paper"] != recipe.parent.name:
