@@ -1,12 +1,21 @@
-"""Render ``recipes/<paper>/README.md`` from its ``metafile.yaml`` (the single source of numbers).
+"""Render each paper's pages from its ``metafile.yaml`` (the single source of numbers).
 
-``zoo docs`` rewrites the READMEs; a test fails when a committed README is out of date.
+- ``recipes/<paper>/README.md`` and the papers table of the root README: written by
+  ``zoo docs``; a test fails when a committed one is out of date.
+- ``papers/<paper>.md`` of the documentation site: rendered in memory at ``mkdocs build``
+  time (``docs/hooks/papers.py`` calls :func:`paper_pages`), from the metafile, the recipes'
+  header comments and the paper module's docstring, so nothing generated is committed.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from zoo.recipe_index import Paper, papers
 from zoo.recipe_index import recipes_dir as recipes_root
@@ -20,16 +29,19 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _facts(info: dict[str, Any]) -> str:
+    return "\n".join(
+        f"- **{k}:** {info[k]}"
+        for k in ("authors", "venue", "arxiv", "code", "code_commit")
+        if info.get(k)
+    )
+
+
 def render_readme(paper: Paper) -> str:
     meta = paper.metafile
     info = meta.get("paper", {})
     out = [HEADER, f"# {info.get('title', paper.slug)}\n"]
-    facts = [
-        f"- **{k}:** {info[k]}"
-        for k in ("authors", "venue", "arxiv", "code", "code_commit")
-        if info.get(k)
-    ]
-    out.append("\n".join(facts) + "\n")
+    out.append(_facts(info) + "\n")
     recipes = [r.name for r in paper.recipes]
     out.append("## Recipes\n")
     out.append(
@@ -39,6 +51,13 @@ def render_readme(paper: Paper) -> str:
         )
         + "\n"
     )
+    out += _results_sections(meta)
+    return "\n".join(out)
+
+
+def _results_sections(meta: dict[str, Any]) -> list[str]:
+    """Reported results, reproduced results and notes: shared by the README and the site."""
+    out: list[str] = []
     reported = meta.get("reported") or []
     if reported:
         sources = sorted({r.get("source", "") for r in reported})
@@ -83,7 +102,7 @@ def render_readme(paper: Paper) -> str:
     if notes:
         out.append("## Notes\n")
         out.append("\n".join(f"- {n}" for n in notes) + "\n")
-    return "\n".join(out)
+    return out
 
 
 def readme_path(paper: Paper) -> Path:
@@ -91,7 +110,15 @@ def readme_path(paper: Paper) -> Path:
 
 
 def write_readmes() -> list[Path]:
-    """Regenerate every paper README and the papers table of the root README."""
+    """Regenerate every paper README and the papers table of the root README (never the
+    recipes installed with vl-zoo: those are regenerated in a source checkout)."""
+    from zoo.recipe_index import BUNDLED_RECIPES
+
+    if recipes_root().resolve() == BUNDLED_RECIPES.resolve():
+        raise RuntimeError(
+            "zoo docs rewrites READMEs in the recipes folder; this one is installed with "
+            "vl-zoo: run it in a source checkout"
+        )
     written = []
     for paper in papers():
         path = readme_path(paper)
@@ -156,3 +183,96 @@ def update_root_readme(readme: Path) -> bool:
         readme.write_text(new)
         return True
     return False
+
+
+# --- documentation site: one page per paper -------------------------------------------------
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj):`~?([^`]+)`")
+
+
+def docstring_to_markdown(text: str) -> str:
+    """A module docstring as Markdown: Sphinx roles (``:class:`~a.B```) become code spans;
+    reStructuredText double backticks are already valid Markdown code spans."""
+    return _ROLE.sub(lambda m: f"`{m.group(1)}`", text)
+
+
+def module_docstring(module: str) -> str:
+    """The docstring of ``module``, read from its source without importing it (the site
+    builds without torch), or ``""`` when the module cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return ""
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""
+
+
+def recipe_header(path: Path) -> str:
+    """The leading ``#`` comment block of a recipe: its provenance and data layout."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].removeprefix(" "))
+    return "\n".join(lines)
+
+
+def paper_classes(paper: Paper) -> tuple[str | None, str | None]:
+    """``(model class_path, data class_path)`` of a paper, read from ``tiny.yaml`` (or its
+    first recipe): recipes name the paper's classes, so nothing is listed twice."""
+    recipes = sorted(paper.recipes, key=lambda p: p.name != "tiny.yaml")
+    for recipe in recipes:
+        config = yaml.safe_load(recipe.read_text()) or {}
+        model, data = config.get("model"), config.get("data")
+        model_cls = model.get("class_path") if isinstance(model, dict) else None
+        data_cls = data.get("class_path") if isinstance(data, dict) else None
+        if model_cls or data_cls:
+            return model_cls, data_cls
+    return None, None
+
+
+def render_paper_page(paper: Paper) -> str:
+    """The site page of a paper: facts, the method (its module docstring), recipes with their
+    header comments, reported and reproduced numbers, and the API of its classes."""
+    meta = paper.metafile
+    info = meta.get("paper", {})
+    model_cls, data_cls = paper_classes(paper)
+    out = [f"# {info.get('title', paper.slug)}\n", _facts(info) + "\n"]
+    if model_cls:
+        doc = module_docstring(model_cls.rsplit(".", 1)[0])
+        if doc:
+            out.append(f"## Method (`{model_cls}`)\n")
+            out.append(docstring_to_markdown(doc) + "\n")
+    out.append("## Recipes\n")
+    for recipe in paper.recipes:
+        out.append(f"### `{recipe.name}`\n")
+        out.append(f"```bash\npython -m zoo fit --config recipes/{paper.slug}/{recipe.name}\n```\n")
+        header = recipe_header(recipe)
+        if header:
+            out.append("```text\n" + header + "\n```\n")
+    out += _results_sections(meta)
+    api = [c for c in (model_cls, data_cls) if c]
+    if api:
+        out.append("## API\n")
+        out += [f"::: {c}\n" for c in api]
+    return "\n".join(out)
+
+
+def render_papers_index() -> str:
+    """The site's papers overview: the root README's table with links to the site pages."""
+    table = render_papers_table().replace("](recipes/", "](").replace("/README.md)", ".md)")
+    return (
+        "# Papers\n\n"
+        "Every page below is generated at build time from `recipes/<paper>/metafile.yaml`, "
+        "the recipes' header comments and the paper module's docstring.\n\n" + table + "\n"
+    )
+
+
+def paper_pages() -> dict[str, str]:
+    """Site pages keyed by their path under ``docs/``: ``papers/index.md`` and one
+    ``papers/<slug>.md`` per paper."""
+    pages = {"papers/index.md": render_papers_index()}
+    for paper in papers():
+        pages[f"papers/{paper.slug}.md"] = render_paper_page(paper)
+    return pages
