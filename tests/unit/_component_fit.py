@@ -91,8 +91,10 @@ def fit(
     every: int | None = None,
     ckpt_path: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    datamodule: L.LightningDataModule | None = None,
 ) -> L.Trainer:
-    """Fit on CPU for ``max_steps`` optimiser steps, checkpointing into ``root``."""
+    """Fit on CPU for ``max_steps`` optimiser steps, checkpointing into ``root`` (every
+    ``every`` steps and ``last.ckpt``) on ``datamodule`` (default: :class:`DigitsData`)."""
     checkpoint = ModelCheckpoint(
         dirpath=root, every_n_train_steps=every, save_top_k=-1, save_last=True
     )
@@ -107,7 +109,7 @@ def fit(
         num_sanity_val_steps=0,
         callbacks=[ExactResume(), checkpoint, *callbacks],
     )
-    trainer.fit(module, datamodule=DigitsData(), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule or DigitsData(), ckpt_path=ckpt_path)
     return trainer
 
 

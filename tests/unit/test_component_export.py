@@ -22,16 +22,16 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from torch import nn
 
 import zoo
 from tests.unit._component_fit import Digits16, DigitsData, cloned
+from tests.unit._component_fit import fit as component_fit
 from zoo.backbones import DualEncoderSpec, build_dual_encoder
 from zoo.backbones.clip_head import AdapterHead, ClipHead, CLIPWithHead, LinearHead
 from zoo.backbones.vision import VisionEncoder, VisionSpec
-from zoo.callbacks import ExactResume
 from zoo.cli import main
 from zoo.data.tokenizers import TextTokenizer
 from zoo.ema import EMATeacher
@@ -97,20 +97,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
 ) -> L.Trainer:
     """``STEPS`` optimiser steps on CPU, checkpoints every ``K`` steps plus ``last.ckpt``."""
-    checkpoint = ModelCheckpoint(dirpath=root, every_n_train_steps=K, save_top_k=-1, save_last=True)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=STEPS,
-        max_epochs=-1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[ExactResume(), checkpoint, *callbacks],
-    )
-    trainer.fit(module, datamodule=Digits(), ckpt_path=ckpt_path)
-    return trainer
+    return component_fit(module, root, STEPS, K, ckpt_path, callbacks, datamodule=Digits())
 
 
 def export(ckpt: Path, cls: type, out: Path, name: str) -> zoo.hub.ZooModel:
