@@ -16,7 +16,11 @@ Model protocols (``typing.Protocol``, runtime-checkable):
   ``"embed"`` space; images are scored by cosine similarity against its rows. A dual encoder
   answers with the prompt-ensembled text classifier; a prompt learner (CoOp) with its learned
   prompts; an adapter with its fused classifier;
-- :class:`TextFeatures`: ``text_features(tokens)`` → ``(M, D)`` for tokenised captions.
+- :class:`TextFeatures`: ``text_features(tokens)`` → ``(M, D)`` for tokenised captions;
+- :class:`ClassLogits` (optional): ``class_logits(features, class_weights)`` → ``(B, C)``,
+  for a classifier whose scores are not a plain cosine against ``class_weights`` (a cache
+  model adds ``α·A·L`` to it, Tip-Adapter). Without it, images are scored by
+  ``100 · cos(features, class_weights)``.
 
 A protocol method that cannot answer in the situation at hand (a kind of feature the model
 does not have, no tokenizer) raises :class:`ProtocolUnavailable`; the callback then skips
@@ -90,6 +94,16 @@ class TextFeatures(Protocol):
 
     def text_features(self, tokens: Tensor) -> Tensor:
         """``(M, D)`` features of ``(M, L)`` token ids (on the module's device)."""
+        ...
+
+
+@runtime_checkable
+class ClassLogits(Protocol):
+    """Optional: the full class logits from ``features(images, "embed")`` and the
+    ``class_weights`` of the same classes, when they are more than a cosine."""
+
+    def class_logits(self, features: Tensor, class_weights: Tensor) -> Tensor:
+        """``(B, C)`` logits (on the features' device)."""
         ...
 
 

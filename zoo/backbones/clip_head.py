@@ -55,7 +55,17 @@ def register_clip_head(cls: type[ClipHead]) -> type[ClipHead]:
     return cls
 
 
+#: Modules whose import registers more head types (the few-shot family's heads live with
+#: their methods); imported on the first lookup of a type not registered yet.
+HEAD_MODULES: tuple[str, ...] = ("zoo.fewshot.heads",)
+
+
 def clip_head_class(type_name: str) -> type[ClipHead]:
+    if type_name not in CLIP_HEADS:
+        import importlib
+
+        for name in HEAD_MODULES:
+            importlib.import_module(name)
     if type_name not in CLIP_HEADS:
         raise ValueError(f"unknown clip head type {type_name!r}; known: {sorted(CLIP_HEADS)}")
     return CLIP_HEADS[type_name]

@@ -57,10 +57,11 @@ from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
 from zoo.eval.retrieval import retrieval_recall
 from zoo.eval.sharding import gathered_parameters, parameter_sharding
 from zoo.eval.visuals import log_embedding, log_eval_visuals, tensorboard_writers
-from zoo.eval.zeroshot import zeroshot_accuracy, zeroshot_logits
+from zoo.eval.zeroshot import topk_accuracy, zeroshot_logits
 from zoo.preprocess import PreprocessSpec
 from zoo.protocols import (
     CheckedEvalData,
+    ClassLogits,
     ClassNames,
     ClassPrompts,
     EvalData,
@@ -317,7 +318,12 @@ class ZeroShotEval(EvalCallback):
     (:mod:`zoo.protocols`; a dual encoder's is the template-ensembled text classifier) and
     scores ``100 · cos`` (CLIP's scale; it changes the softmax of the pictures, not the
     accuracy). Needs ``datamodule.classnames`` and ``.templates``, and passes its tokenizer
-    (``datamodule.tokenizer`` or one built from ``datamodule.preprocess``).
+    (``datamodule.tokenizer`` or one built from ``datamodule.preprocess``). A module that
+    answers :class:`zoo.protocols.ClassLogits` scores the images itself
+    (``class_logits(features, class_weights)``: a few-shot cache model adds its cache term).
+
+    ``name`` prefixes the metrics (``eval/{name}_top1``): an adapted classifier (CoOp's
+    learned prompts, an adapter) is evaluated by this same callback, under ``fewshot``.
 
     With ``log_images=True`` (default) and a ``TensorBoardLogger``, rank 0 also logs
     (:func:`zoo.eval.visuals.log_eval_visuals`) the row-normalised confusion matrix
@@ -337,10 +343,14 @@ class ZeroShotEval(EvalCallback):
         every_n_epochs: int = 0,
         log_images: bool = True,
         grid_size: int = 16,
+        name: str = "zeroshot",
     ) -> None:
         super().__init__(every_n_epochs)
         if grid_size < 0:
             raise ValueError(f"grid_size must be >= 0, got {grid_size}")
+        if not name.isidentifier():
+            raise ValueError(f"name must be an identifier (a metric prefix), got {name!r}")
+        self.name = name
         self.top_k = tuple(top_k)
         self.split = split
         self.text_batch_size = text_batch_size
@@ -391,24 +401,40 @@ class ZeroShotEval(EvalCallback):
                 f"{tuple(classifier.shape)}, expected ({len(classnames)}, {x.shape[1]}): one "
                 "row per class name, in the space of features(images, kind='embed')"
             )
-        acc = zeroshot_accuracy(x, y, classifier, self.top_k)
+        logits = self._logits(trainer, pl_module, x, classifier)
+        acc = topk_accuracy(logits, y, self.top_k)
         if visuals:
             self._log_visuals(
                 lambda: log_eval_visuals(
                     trainer,
-                    "eval/zeroshot",
+                    f"eval/{self.name}",
                     y,
-                    zeroshot_logits(x, classifier).softmax(dim=-1),
+                    logits.softmax(dim=-1),
                     classnames,
                     images=torch.cat(samples) if samples else None,
                     mean=_normalisation(datamodule)[0],
                     std=_normalisation(datamodule)[1],
                 )
             )
-        summary = _topk_summary("zero-shot", acc) + (
+        label = "zero-shot" if self.name == "zeroshot" else self.name
+        summary = _topk_summary(label, acc) + (
             f" on {len(y)} {self.split} images, {len(classnames)} classes"
         )
-        return {f"zeroshot_{k}": v for k, v in acc.items()}, summary
+        return {f"{self.name}_{k}": v for k, v in acc.items()}, summary
+
+    def _logits(self, trainer: pl.Trainer, pl_module: Any, x: Tensor, classifier: Tensor) -> Tensor:
+        """``(N, C)`` float32 CPU logits: the module's ``class_logits`` when it has them
+        (on its device, in chunks), else ``100 · cos``."""
+        if not isinstance(pl_module, ClassLogits):
+            return zeroshot_logits(x, classifier)
+        device = pl_module.device
+        weights = classifier.to(device)
+        with self._encoding(trainer), torch.inference_mode():
+            chunks = [
+                pl_module.class_logits(part.to(device), weights).float().cpu()
+                for part in x.split(4096)
+            ]
+        return torch.cat(chunks)
 
 
 class LinearProbeEval(EvalCallback):

@@ -182,6 +182,9 @@ def from_lightning(
         )
     kwargs = _inert_hparams({k: v for k, v in hparams.items() if not k.startswith("_")})
     module = _import_class(class_path)(**kwargs)
+    # Modules whose structure depends on the data (a few-shot head built for the class
+    # names) rebuild it from the checkpoint here, as Lightning's load_from_checkpoint does.
+    module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=True)
     found = module_architecture(module)
     if found is None:
