@@ -95,6 +95,7 @@ class EvalCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.results: dict[str, float] = {}
         self._last_fit_step: int | None = None
+        self._train_started = True  # reset by on_fit_start
 
     # ---------------------------------------------------------------- protocol
     def evaluate(
@@ -132,6 +133,7 @@ class EvalCallback(Callback):
     # ---------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_fit_step = None
+        self._train_started = False
         why = self.unavailable(pl_module, trainer.datamodule)
         if why is not None:  # say so now, not after hours of training
             rank_zero_warn(f"{type(self).__name__} will be skipped: {why}")
@@ -143,8 +145,18 @@ class EvalCallback(Callback):
             self.run(trainer, pl_module)
             self._last_fit_step = trainer.global_step
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_started = True
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._last_fit_step != trainer.global_step:
+            self.run(trainer, pl_module)
+            self._last_fit_step = trainer.global_step
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A training-free method (zero-shot CLIP, Tip-Adapter) fits with max_epochs=0:
+        # Lightning then skips the training loop and its on_train_end, so evaluate here.
+        if not self._train_started and not trainer.interrupted:
             self.run(trainer, pl_module)
             self._last_fit_step = trainer.global_step
 

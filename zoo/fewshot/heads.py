@@ -2,4 +2,4 @@
 :class:`zoo.backbones.clip_head.ClipHead` type, so ``zoo.load`` can rebuild an exported
 adapted model (:data:`zoo.backbones.clip_head.HEAD_MODULES` imports this on demand)."""
 
-from zoo.fewshot import cache_model, prompts, sgva  # noqa: F401  (registration side effects)
+from zoo.fewshot import baselines, cache_model, prompts, sgva  # noqa: F401  (registration)

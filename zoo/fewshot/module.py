@@ -156,6 +156,13 @@ class FewShotModule(ZooModule):
             )
 
     # --- training ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any] | None:
+        """The method's optimiser and schedule; ``None`` for a training-free head (zero-shot
+        CLIP, Tip-Adapter), which fits with ``trainer.max_epochs: 0``."""
+        if not any(p.requires_grad for p in self.parameters()):
+            return None
+        return super().configure_optimizers()
+
     def image_features(self, images: Tensor) -> Tensor:
         """The frozen CLIP's projected image feature f (unnormalised)."""
         return self.encoder.encode_image(images)
