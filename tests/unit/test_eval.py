@@ -159,6 +159,22 @@ def test_linear_probe_chooses_c_on_stratified_validation_split() -> None:
     assert len(set(val.values())) > 1
 
 
+def test_linear_probe_chooses_c_on_a_separate_validation_split() -> None:
+    """The few-shot protocol: every C is fitted on all train features and scored on the
+    given validation split; the refit uses all train features too."""
+    xtr, ytr = _blobs(8, 4, 8, 2.5, seed=5)  # 8 shots per class: nothing to hold out
+    xva, yva = _blobs(10, 4, 8, 2.5, seed=6)
+    xte, yte = _blobs(20, 4, 8, 2.5, seed=4)
+    grid = (1e-4, 1e-2, 1.0, 1e2)
+    res = linear_probe(xtr, ytr, xte, yte, Cs=grid, val_x=xva, val_y=yva)
+    val = {c: LogisticRegression(C=c, max_iter=1000).fit(xtr, ytr).score(xva, yva) for c in grid}
+    best = max(grid, key=lambda c: val[c])
+    assert res["C"] == best and res["val_top1"] == pytest.approx(100 * val[best])
+    test = LogisticRegression(C=best, max_iter=1000).fit(xtr, ytr).score(xte, yte)
+    assert res["top1"] == pytest.approx(100 * test)
+    assert len(set(val.values())) > 1
+
+
 # --------------------------------------------------------------------------- kNN
 
 

@@ -457,6 +457,8 @@ class LinearProbeEval(EvalCallback):
     With ``log_embeddings=True`` (default off) and a ``TensorBoardLogger``, rank 0 also
     writes the scored split's features for TensorBoard's projector under the tag
     ``eval/linear_probe_embeddings`` (class names as metadata, at most 10,000 points).
+    ``val_split`` picks C on that split instead of ``val_fraction`` of the train features
+    (the few-shot protocol: C chosen on the K-shot validation split, as CoOp's ``lpclip``).
     """
 
     def __init__(
@@ -471,8 +473,10 @@ class LinearProbeEval(EvalCallback):
         test_split: str = "test",
         every_n_epochs: int = 0,
         log_embeddings: bool = False,
+        val_split: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs)
+        self.val_split = val_split
         self.feature = feature
         self.Cs = tuple(float(c) for c in Cs)
         self.val_fraction = val_fraction
@@ -484,7 +488,10 @@ class LinearProbeEval(EvalCallback):
         self.log_embeddings = log_embeddings
 
     def required_splits(self) -> dict[str, dict[str, bool]]:
-        return {self.train_split: {"labels": True}, self.test_split: {"labels": True}}
+        splits = {self.train_split: {"labels": True}, self.test_split: {"labels": True}}
+        if self.val_split:
+            splits[self.val_split] = {"labels": True}
+        return splits
 
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
@@ -495,6 +502,11 @@ class LinearProbeEval(EvalCallback):
         xtr, ytr, xte, yte = pair
         if ytr.unique().numel() < 2:
             return self._skip("fewer than 2 classes in the train features")
+        xva = yva = None
+        if self.val_split:
+            xva, yva, _ = self._image_features(trainer, pl_module, self.val_split, self.feature)
+            if yva is None:
+                return self._skip(f"the {self.val_split} split has no labels")
         res = linear_probe(
             xtr,
             ytr,
@@ -505,6 +517,8 @@ class LinearProbeEval(EvalCallback):
             self.seed,
             self.max_iter,
             self.standardize,
+            val_x=xva,
+            val_y=yva,
         )
         if self.log_embeddings:
             self._log_embeddings(trainer, datamodule, "eval/linear_probe_embeddings", xte, yte)

@@ -87,10 +87,17 @@ def _linear_probe(
     seed: int = 0,
     max_iter: int = 1000,
     standardize: bool = False,
+    val_x: ArrayLike | None = None,
+    val_y: ArrayLike | None = None,
 ) -> dict[str, float]:
     """``C`` is the value picked from ``Cs`` on the validation split (``val_top1`` its
     validation accuracy; NaN when ``Cs`` has a single value and no sweep is run); ``top1``
     is the test accuracy of the model refitted on all train features with that C.
+
+    ``val_x`` / ``val_y``: a separate validation split (the few-shot protocol's, CoOp's
+    ``lpclip``): each C is fitted on all train features and scored there, instead of on a
+    ``val_fraction`` held out of the train features (1-shot train sets have nothing to
+    spare).
     """
     xtr, ytr = _numpy(train_x).astype(np.float32), _numpy(train_y)
     xte, yte = _numpy(test_x).astype(np.float32), _numpy(test_y)
@@ -99,7 +106,11 @@ def _linear_probe(
         raise ValueError("linear_probe: empty grid of C values")
     best_c, best_val = grid[0], float("nan")
     if len(grid) > 1:
-        xa, xv, ya, yv = _split(xtr, ytr, val_fraction, seed)
+        if val_x is not None and val_y is not None:
+            xa, ya = xtr, ytr
+            xv, yv = _numpy(val_x).astype(np.float32), _numpy(val_y)
+        else:
+            xa, xv, ya, yv = _split(xtr, ytr, val_fraction, seed)
         clf = _classifier(grid[0], max_iter, seed, standardize)
         scores = []
         with _count_unconverged() as unconverged:

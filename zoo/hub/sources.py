@@ -220,6 +220,8 @@ def from_lightning(
             "class_path": class_path,
             "epoch": ckpt.get("epoch"),
             "global_step": ckpt.get("global_step"),
+            # an adapted model (few-shot head on a frozen CLIP): the base weights' identity
+            **({"base_sha256": module.base_sha256} if hasattr(module, "base_sha256") else {}),
         },
     )
 
