@@ -4,6 +4,12 @@
 - ``"ssl"``: SLIP's SimCLR / MoCo-v3 view (crop 0.08-1, colour jitter, grayscale, PIL
   Gaussian blur, flip; optional solarisation, off by default as in SLIP's code).
 - ``"eval"``: resize + centre crop.
+- ``"coop"``: CoOp / CoCoOp / CLIP-Adapter training view (Dassl's ``random_resized_crop``,
+  ``random_flip``, ``normalize``: ``RandomResizedCrop`` scale 0.08-1, horizontal flip).
+- ``"tip"``: Tip-Adapter's training view (``RandomResizedCrop`` scale 0.5-1, flip p=0.5;
+  Tip-Adapter official code, ``main.py``).
+- ``"sgva"``: SgVA-CLIP's training view (resize, ``RandomCrop``, ``ColorJitter(0.4, 0.4,
+  0.4)``, flip; SgVA-CLIP official code, ``data/*.py``).
 
 Every stack starts with an RGB conversion (the embedded digits are grayscale) and ends with
 ``ToTensor`` + ``Normalize``. All pieces are picklable classes (DataLoader workers, spawn).
@@ -89,7 +95,41 @@ def _eval(size, mean, std, crop_scale, solarize_p, interpolation) -> list[Callab
     return [T.Resize(size, interpolation=interpolation), T.CenterCrop(size), *_finish(mean, std)]
 
 
-TRANSFORMS: dict[str, Callable[..., list[Callable]]] = {"clip": _clip, "ssl": _ssl, "eval": _eval}
+def _crop_flip(default_scale: tuple[float, float]) -> Callable[..., list[Callable]]:
+    """``RandomResizedCrop`` (``crop_scale`` or ``default_scale``) + horizontal flip: the
+    few-shot training views (CoOp: Dassl's ``INPUT.RRCROP_SCALE`` (0.08, 1), bicubic in
+    CoOp's configs; Tip-Adapter ``main.py``: (0.5, 1))."""
+
+    def stack(size, mean, std, crop_scale, solarize_p, interpolation) -> list[Callable]:
+        return [
+            T.RandomResizedCrop(
+                size, scale=crop_scale or default_scale, interpolation=interpolation
+            ),
+            T.RandomHorizontalFlip(p=0.5),
+            *_finish(mean, std),
+        ]
+
+    return stack
+
+
+def _sgva(size, mean, std, crop_scale, solarize_p, interpolation) -> list[Callable]:
+    return [
+        T.Resize(size, interpolation=interpolation),
+        T.RandomCrop(size),
+        T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+        T.RandomHorizontalFlip(),
+        *_finish(mean, std),
+    ]
+
+
+TRANSFORMS: dict[str, Callable[..., list[Callable]]] = {
+    "clip": _clip,
+    "ssl": _ssl,
+    "eval": _eval,
+    "coop": _crop_flip((0.08, 1.0)),
+    "tip": _crop_flip((0.5, 1.0)),
+    "sgva": _sgva,
+}
 
 
 def build_transform(
