@@ -285,7 +285,7 @@ def test_openai_layout_errors(tmp_path: Path) -> None:
         dual_encoder_from_openai_state_dict({**state, "logit_bias": torch.zeros(())})
     resnet = {k: v for k, v in state.items() if k != "visual.proj"}
     resnet["visual.layer1.0.conv1.weight"] = torch.zeros(8, 8, 1, 1)
-    with pytest.raises(NotImplementedError, match="ModifiedResNet"):
-        dual_encoder_from_openai_state_dict(resnet)
+    with pytest.raises(ValueError, match="incomplete OpenAI-layout CLIP ResNet.*attnpool"):
+        dual_encoder_from_openai_state_dict(resnet)  # ResNets: tests/unit/test_rn50_convert.py
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         dual_encoder_from_openai_state_dict(tmp_path / "missing.safetensors")

@@ -1,4 +1,4 @@
-"""Weight converters: Hugging Face CLIP and OpenAI / open_clip CLIP ViTs → :class:`DualEncoder`.
+"""Weight converters: Hugging Face CLIP, OpenAI / open_clip CLIP ViTs and ResNets → DualEncoder.
 
 Every converter infers a :class:`DualEncoderSpec` (timm ViT vision tower with CLIP's
 ``pre_norm``, Hugging Face CLIP text tower), builds the zoo model, maps every weight and
@@ -28,6 +28,22 @@ text_projection (in, out)     text_projection (in, out)             text_project
 logit_scale                   logit_scale                           logit_scale
 ============================  ====================================  =======================================
 
+**ResNets** (OpenAI's ModifiedResNet: RN50, RN101, RN50x4/x16/x64, the backbone of CoOp's
+and Tip-Adapter's headline tables). The vision tower is timm's byobnet CLIP ResNet
+(``resnet50_clip`` …, chosen by stage depths; another width is a ``width_factor``), built
+from its config, and the OpenAI keys are renamed by timm's own OpenAI-CLIP checkpoint filter
+(``timm.models.byobnet.checkpoint_filter_fn``: ``conv1``/``bn1`` → ``stem.conv1.conv``/``.bn``,
+``layer{i}.{j}.conv{n}`` → ``stages.{i-1}.{j}.conv{n}_1x1|kxk``, ``downsample.{0,1}`` →
+``shortcut.conv.{conv,bn}``, ``attnpool.{q,k,v,c}_proj`` → ``head.{q,k,v,proj}``). The
+attention pool's output projection ``c_proj`` (2048 → 1024 for RN50, *with* a bias) already
+maps into the joint space, so it stays in the tower (the spec keeps timm's head:
+``kwargs: {num_classes: 1024}``) and the DualEncoder's bias-free ``image_projection`` is the
+identity (``image_trunk`` = ``encode_image`` for these models). The pre-projection feature
+x (the attention output before ``c_proj``) and the affine map ``f = x Wᵀ + b`` are
+``zoo.fewshot.clip_source.pre_projection_features`` / ``projection_affine``. Export to the
+OpenAI layout inverts the renaming (checked against timm's filter) and folds a non-identity
+``image_projection`` P into ``c_proj`` (W ← Pᵀ W, b ← b P).
+
 Pickle is never unpickled unless the caller passes ``trust_pickle=True``: safetensors and
 tensor-only torch files load with ``weights_only=True``; OpenAI's TorchScript ``.pt``
 archives and pickles holding arbitrary objects are refused with :class:`UntrustedCheckpointError`.
@@ -38,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,10 +76,12 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "UntrustedCheckpointError",
+    "clip_resnet_attention_pool",
     "dual_encoder_from_hf_clip",
     "dual_encoder_from_openai_state_dict",
     "export_openai_state_dict",
     "hf_clip_spec",
+    "is_openai_resnet_state",
     "load_state_file",
     "openai_clip_spec",
 ]
@@ -201,17 +220,27 @@ def _check_act(act: str, where: str) -> str:
     return act
 
 
-def _build(spec: DualEncoderSpec, state: dict[str, Tensor], logit_scale: float) -> DualEncoder:
-    """Build the zoo model for ``spec`` and load ``state`` (zoo keys) strictly."""
+def _new_model(spec: DualEncoderSpec, logit_scale: float) -> DualEncoder:
+    """The zoo model for ``spec`` (random weights), its logit-scale init / clamp set from the
+    converted weights."""
     spec.logit_scale_init = logit_scale
     spec.logit_scale_max = max(LOG_100, logit_scale)
-    model = build_dual_encoder(spec)
+    return build_dual_encoder(spec)
+
+
+def _load(model: DualEncoder, state: dict[str, Tensor]) -> DualEncoder:
+    """Load ``state`` (zoo keys) into ``model`` strictly."""
     target = model.state_dict()
     for key in _TIMM_TOKEN_PARAMS:
         if key in state and key in target:
             state[key] = state[key].reshape(target[key].shape)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _build(spec: DualEncoderSpec, state: dict[str, Tensor], logit_scale: float) -> DualEncoder:
+    """Build the zoo model for ``spec`` and load ``state`` (zoo keys) strictly."""
+    return _load(_new_model(spec, logit_scale), state)
 
 
 def _preprocess(
@@ -414,41 +443,53 @@ def openai_clip_spec(
     vision_heads: int | None = None,
     text_heads: int | None = None,
 ) -> DualEncoderSpec:
-    """Infer the architecture of an OpenAI-layout CLIP ViT from tensor shapes.
+    """Infer the architecture of an OpenAI-layout CLIP (ViT or ResNet) from tensor shapes.
 
     As OpenAI's ``build_model``: widths, depths, patch size, grid → image size, embed dim,
     context length and vocabulary come from shapes; head counts cannot, and default to
     ``width // 64`` (right for OpenAI's models and open_clip's text towers, but open_clip's
-    ViT-H/g/bigG vision towers have 16 heads: pass ``vision_heads``).
+    ViT-H/g/bigG vision towers have 16 heads: pass ``vision_heads``). A ResNet's attention
+    pool always has 64-wide heads in timm (OpenAI's ``width * 32 // 64`` heads).
+    ``quick_gelu`` is the text (and ViT) activation; ResNets use ReLU in the vision tower.
     """
-    if "visual.proj" not in state:
-        if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
-            raise NotImplementedError(
-                "ResNet (ModifiedResNet) CLIP models are not supported: the zoo's vision "
-                "towers are timm ViTs, and timm has no ModifiedResNet with attention pooling."
-            )
-        raise ValueError("not an OpenAI-layout CLIP ViT state dict: 'visual.proj' is missing")
+    act = "quick_gelu" if quick_gelu else "gelu"
+    if is_openai_resnet_state(state):
+        vision = _resnet_vision_spec(state, vision_heads)
+    elif "visual.proj" in state:
+        vision = _vit_vision_spec(state, act, vision_heads)
+    else:
+        raise ValueError(
+            "not an OpenAI-layout CLIP state dict: neither a ViT ('visual.proj') nor a "
+            "ResNet ('visual.attnpool.*', 'visual.layer1.*')"
+        )
+    text = _openai_text_spec(state, act, text_heads)
+    return DualEncoderSpec(vision=vision, text=text, embed_dim=state["text_projection"].shape[1])
+
+
+def _vit_vision_spec(state: Mapping[str, Tensor], act: str, heads: int | None) -> VisionSpec:
     conv = state["visual.conv1.weight"]
     vision_width, patch_size = conv.shape[0], conv.shape[-1]
     grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-    text_width = state["ln_final.weight"].shape[0]
-    act = "quick_gelu" if quick_gelu else "gelu"
-    vision = _vision_spec(
+    return _vision_spec(
         image_size=patch_size * grid,
         patch_size=patch_size,
         width=vision_width,
         layers=_count_blocks(state, "visual.transformer.resblocks."),
-        heads=vision_heads or vision_width // 64,
+        heads=heads or vision_width // 64,
         mlp_hidden=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         act=act,
         eps=1e-5,
     )
+
+
+def _openai_text_spec(state: Mapping[str, Tensor], act: str, heads: int | None) -> TextSpec:
+    text_width = state["ln_final.weight"].shape[0]
     vocab_size = state["token_embedding.weight"].shape[0]
-    text = TextSpec(
+    return TextSpec(
         vocab_size=vocab_size,
         width=text_width,
         layers=_count_blocks(state, "transformer.resblocks."),
-        heads=text_heads or text_width // 64,
+        heads=heads or text_width // 64,
         context_length=state["positional_embedding"].shape[0],
         mlp_ratio=_mlp_ratio(text_width, state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
         act=act,
@@ -456,27 +497,174 @@ def openai_clip_spec(
         eos_token_id=vocab_size - 1,
         pooling="argmax",
     )
-    return DualEncoderSpec(vision=vision, text=text, embed_dim=state["text_projection"].shape[1])
 
 
-def _openai_key_pairs(vision_layers: int, text_layers: int) -> list[tuple[str, str]]:
-    """(OpenAI key, zoo key) for every one-to-one weight (text q/k/v handled separately)."""
-    pairs = list(_OPENAI_TO_ZOO_VISION.items()) + list(_OPENAI_TO_ZOO_TEXT.items())
-    for i in range(vision_layers):
-        src, dst = f"visual.transformer.resblocks.{i}.", f"visual.blocks.{i}."
-        pairs += [(src + a, dst + b) for a, b in _OPENAI_TO_TIMM_BLOCK.items()]
+# --------------------------------------------------------------------------- OpenAI ResNets
+
+#: Keys every OpenAI-layout CLIP ResNet has (stem, attention pool).
+_RESNET_REQUIRED = (
+    "visual.conv1.weight",
+    "visual.conv3.weight",
+    "visual.attnpool.positional_embedding",
+    "visual.attnpool.c_proj.weight",
+)
+#: The width of one attention head of timm's CLIP ResNet pool (``AttentionPool2d`` head_dim).
+_RESNET_POOL_HEAD_DIM = 64
+
+
+def is_openai_resnet_state(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` is an OpenAI-layout CLIP ResNet (ModifiedResNet) state dict."""
+    return any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state)
+
+
+def _timm_clip_resnets() -> dict[tuple[int, ...], tuple[str, float]]:
+    """Stage depths → (timm model name, width factor) of timm's CLIP ResNets with attention
+    pooling (byobnet ``resnet50_clip``, ``resnet101_clip``, ``resnet50x4_clip`` …)."""
+    from timm.models import byobnet
+
+    return {
+        tuple(int(block.d) for block in cfg.blocks): (name, float(cfg.width_factor))
+        for name, cfg in byobnet.model_cfgs.items()
+        if name.endswith("_clip") and cfg.head_type == "attn_abs"
+    }
+
+
+def _resnet_vision_spec(state: Mapping[str, Tensor], heads: int | None) -> VisionSpec:
+    """The timm CLIP ResNet of an OpenAI ModifiedResNet state dict, from tensor shapes."""
+    missing = [k for k in _RESNET_REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"incomplete OpenAI-layout CLIP ResNet state dict: missing {missing}")
+    width = int(state["visual.conv3.weight"].shape[0])  # the stem's output = ModifiedResNet width
+    depths = tuple(_count_blocks(state, f"visual.layer{i}.") for i in range(1, 5))
+    known = _timm_clip_resnets()
+    if depths not in known:
+        raise NotImplementedError(
+            f"a CLIP ResNet with stage depths {depths}: timm builds CLIP ResNets with depths "
+            f"{sorted(known)} ({', '.join(name for name, _ in known.values())})"
+        )
+    name, width_factor = known[depths]
+    output_dim, pool_width = state["visual.attnpool.c_proj.weight"].shape
+    if heads is not None and heads * _RESNET_POOL_HEAD_DIM != pool_width:
+        raise NotImplementedError(
+            f"vision_heads={heads}: timm's CLIP ResNet attention pool has "
+            f"{_RESNET_POOL_HEAD_DIM}-wide heads, i.e. {pool_width // _RESNET_POOL_HEAD_DIM} "
+            f"heads for width {pool_width} (as OpenAI's ModifiedResNet)"
+        )
+    grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+    kwargs: dict[str, Any] = {"num_classes": int(output_dim)}  # keep the pool's c_proj
+    if width / 64 != width_factor:  # timm's configs are 64 channels wide at width factor 1
+        kwargs["width_factor"] = width / 64
+    return VisionSpec(model_name=name, img_size=32 * grid, kwargs=kwargs)
+
+
+def clip_resnet_attention_pool(visual: nn.Module) -> nn.Module | None:
+    """The attention-pool head (timm ``AttentionPool2d``, its ``proj`` = OpenAI's
+    ``c_proj``) of a CLIP ResNet vision tower, or ``None`` for any other tower."""
+    from timm.layers import AttentionPool2d
+    from timm.models.byobnet import ByobNet
+
+    head = getattr(visual, "head", None)
+    if (
+        isinstance(visual, ByobNet)
+        and isinstance(head, AttentionPool2d)
+        and isinstance(head.proj, nn.Linear)
+    ):
+        return head
+    return None
+
+
+def _openai_resnet_state_to_zoo(
+    state: Mapping[str, Tensor], model: DualEncoder, text_layers: int
+) -> dict[str, Tensor]:
+    """Map an OpenAI-layout CLIP ResNet state dict to the keys of ``model`` (built from its
+    spec): vision through timm's OpenAI-CLIP filter, text as for the ViTs."""
+    from timm.models.byobnet import checkpoint_filter_fn
+
+    src = {k: v for k, v in state.items() if k not in _OPENAI_METADATA_KEYS}
+    visual = {k: src.pop(k) for k in [k for k in src if k.startswith("visual.")]}
+    # timm's filter renames keys (values pass through): run it on the names themselves
+    names = checkpoint_filter_fn({k: k for k in visual}, model.visual)  # timm key -> OpenAI
+    target = model.visual.state_dict()
+    unmapped = sorted(
+        {k for k in visual if k not in names.values()}  # dropped by the filter
+        | {openai for timm_key, openai in names.items() if timm_key not in target}
+    )
+    if unmapped:
+        raise ValueError(f"CLIP ResNet weights with no timm counterpart: {unmapped}")
+    mapped = {timm_key: visual[openai] for timm_key, openai in names.items()}
+    for key, value in target.items():  # BatchNorm step counters: unused in eval, often absent
+        if key.endswith("num_batches_tracked") and key not in mapped:
+            mapped[key] = torch.zeros_like(value)
+    out = {f"visual.{k}": v for k, v in mapped.items()}
+    out.update(_openai_text_state_to_zoo(src, text_layers))
+    out["image_projection"] = torch.eye(model.vision_width, model.embed_dim)
+    if src:
+        raise ValueError(f"weights with no zoo counterpart: {sorted(src)}")
+    return out
+
+
+def _timm_resnet_key_to_openai(key: str) -> str:
+    """A timm CLIP ResNet weight name → OpenAI's (the inverse of timm's filter)."""
+    if m := re.fullmatch(r"stem\.conv(\d)\.(conv|bn)\.(.+)", key):
+        return f"{m[2]}{m[1]}.{m[3]}"
+    if m := re.fullmatch(r"stages\.(\d+)\.(\d+)\.conv(\d)_(?:1x1|kxk)\.(conv|bn)\.(.+)", key):
+        return f"layer{int(m[1]) + 1}.{m[2]}.{m[4]}{m[3]}.{m[5]}"
+    if m := re.fullmatch(r"stages\.(\d+)\.(\d+)\.shortcut\.conv\.(conv|bn)\.(.+)", key):
+        return f"layer{int(m[1]) + 1}.{m[2]}.downsample.{int(m[3] == 'bn')}.{m[4]}"
+    if m := re.fullmatch(r"head\.(q|k|v|proj)\.(weight|bias)", key):
+        return f"attnpool.{'c' if m[1] == 'proj' else m[1]}_proj.{m[2]}"
+    if key == "head.pos_embed":
+        return "attnpool.positional_embedding"
+    raise ValueError(f"timm CLIP ResNet weight {key!r} has no OpenAI counterpart")
+
+
+def _export_resnet_visual(model: DualEncoder) -> dict[str, Tensor]:
+    """The vision tower of a CLIP ResNet DualEncoder in OpenAI's layout, with a non-identity
+    ``image_projection`` P folded into ``c_proj`` (``(x Wᵀ + b) P = x (Pᵀ W)ᵀ + b P``)."""
+    from timm.models.byobnet import checkpoint_filter_fn
+
+    zoo = {k: v.detach().clone() for k, v in model.visual.state_dict().items()}
+    names = {_timm_resnet_key_to_openai(k): k for k in zoo}
+    # timm's own filter must map every name back (guards against a changed timm layout)
+    back = checkpoint_filter_fn({f"visual.{k}": z for k, z in names.items()}, model.visual)
+    if any(back.get(z) != z for z in zoo):
+        raise ValueError("timm's CLIP ResNet layout no longer matches OpenAI's; cannot export")
+    out = {f"visual.{k}": zoo[z] for k, z in names.items()}
+    proj = model.image_projection.detach()
+    if not torch.equal(proj, torch.eye(*proj.shape, dtype=proj.dtype, device=proj.device)):
+        weight, bias = out["visual.attnpool.c_proj.weight"], out["visual.attnpool.c_proj.bias"]
+        out["visual.attnpool.c_proj.weight"] = (proj.t() @ weight).contiguous()
+        out["visual.attnpool.c_proj.bias"] = bias @ proj
+    return out
+
+
+def _openai_text_pairs(text_layers: int) -> list[tuple[str, str]]:
+    """(OpenAI key, zoo key) of the text tower, projections and logit scale (q/k/v apart)."""
+    pairs = list(_OPENAI_TO_ZOO_TEXT.items())
     for i in range(text_layers):
         src, dst = f"transformer.resblocks.{i}.", f"text.model.encoder.layers.{i}."
         pairs += [(src + a, dst + b) for a, b in _OPENAI_TO_HF_BLOCK.items()]
     return pairs
 
 
-def _openai_state_to_zoo(
-    state: Mapping[str, Tensor], vision_layers: int, text_layers: int
-) -> dict[str, Tensor]:
-    """Map an OpenAI-layout state dict to zoo keys; unmapped keys are an error."""
-    src = {k: v for k, v in state.items() if k not in _OPENAI_METADATA_KEYS}
-    out = {zoo: src.pop(openai) for openai, zoo in _openai_key_pairs(vision_layers, text_layers)}
+def _openai_vit_pairs(vision_layers: int) -> list[tuple[str, str]]:
+    """(OpenAI key, zoo key) of a CLIP ViT vision tower and its projection."""
+    pairs = list(_OPENAI_TO_ZOO_VISION.items())
+    for i in range(vision_layers):
+        src, dst = f"visual.transformer.resblocks.{i}.", f"visual.blocks.{i}."
+        pairs += [(src + a, dst + b) for a, b in _OPENAI_TO_TIMM_BLOCK.items()]
+    return pairs
+
+
+def _openai_key_pairs(vision_layers: int, text_layers: int) -> list[tuple[str, str]]:
+    """(OpenAI key, zoo key) for every one-to-one weight of a CLIP ViT (text q/k/v handled
+    separately)."""
+    return _openai_vit_pairs(vision_layers) + _openai_text_pairs(text_layers)
+
+
+def _openai_text_state_to_zoo(src: dict[str, Tensor], text_layers: int) -> dict[str, Tensor]:
+    """Pop the text tower, projections and logit scale out of ``src`` (OpenAI keys)."""
+    out = {zoo: src.pop(openai) for openai, zoo in _openai_text_pairs(text_layers)}
     out["logit_scale"] = out["logit_scale"].reshape(1)
     for i in range(text_layers):
         src_block, dst = (
@@ -486,6 +674,16 @@ def _openai_state_to_zoo(
         for kind in ("weight", "bias"):
             for name, part in zip(_QKV, src.pop(f"{src_block}in_proj_{kind}").chunk(3, dim=0)):
                 out[f"{dst}{name}.{kind}"] = part
+    return out
+
+
+def _openai_state_to_zoo(
+    state: Mapping[str, Tensor], vision_layers: int, text_layers: int
+) -> dict[str, Tensor]:
+    """Map an OpenAI-layout CLIP ViT state dict to zoo keys; unmapped keys are an error."""
+    src = {k: v for k, v in state.items() if k not in _OPENAI_METADATA_KEYS}
+    out = {zoo: src.pop(openai) for openai, zoo in _openai_vit_pairs(vision_layers)}
+    out.update(_openai_text_state_to_zoo(src, text_layers))
     if src:
         raise ValueError(
             f"weights with no zoo counterpart (an open_clip variant the zoo's towers do not "
@@ -501,13 +699,14 @@ def dual_encoder_from_openai_state_dict(
     text_heads: int | None = None,
     trust_pickle: bool = False,
 ) -> tuple[DualEncoder, dict[str, Any]]:
-    """Convert an OpenAI / open_clip CLIP ViT state dict into a :class:`DualEncoder`.
+    """Convert an OpenAI / open_clip CLIP state dict (ViT or ResNet) into a DualEncoder.
 
     Args:
         state: the state dict, or a path to a ``.safetensors`` / torch file (see
             :func:`load_state_file`; TorchScript and arbitrary pickles need ``trust_pickle``).
         quick_gelu: OpenAI's models use QuickGELU; open_clip's own models mostly ``nn.GELU``
-            (open_clip model names ending in ``-quickgelu`` use QuickGELU).
+            (open_clip model names ending in ``-quickgelu`` use QuickGELU). For ResNets it
+            is the text tower's activation (the vision tower uses ReLU).
         vision_heads, text_heads: attention heads, ``width // 64`` by default (OpenAI).
         trust_pickle: allow unpickling (TorchScript archives, pickled training checkpoints).
 
@@ -518,41 +717,57 @@ def dual_encoder_from_openai_state_dict(
     if isinstance(state, str | Path):
         state = load_state_file(state, trust_pickle=trust_pickle)
     spec = openai_clip_spec(state, quick_gelu, vision_heads, text_heads)
-    zoo_state = _openai_state_to_zoo(state, spec.vision.depth or 0, spec.text.layers)
-    model = _build(spec, zoo_state, float(state["logit_scale"]))
+    if is_openai_resnet_state(state):
+        model = _new_model(spec, float(state["logit_scale"]))
+        model = _load(model, _openai_resnet_state_to_zoo(state, model, spec.text.layers))
+    else:
+        zoo_state = _openai_state_to_zoo(state, spec.vision.depth or 0, spec.text.layers)
+        model = _build(spec, zoo_state, float(state["logit_scale"]))
     return model, _preprocess(spec.vision.img_size, spec.text.context_length)
 
 
 def export_openai_state_dict(model: DualEncoder) -> dict[str, Tensor]:
     """The inverse of :func:`dual_encoder_from_openai_state_dict`: OpenAI / open_clip keys.
 
-    Only models with CLIP's architecture (timm ViT with ``pre_norm``, class-token pooling and
-    a final norm; :class:`CLIPTextTower`) have an OpenAI layout; others raise ``ValueError``.
-    Tensors are detached copies on the model's device and dtype.
+    Only models with CLIP's architecture have an OpenAI layout: a timm ViT with ``pre_norm``,
+    class-token pooling and a final norm, or a timm CLIP ResNet with its attention pool
+    (``resnet50_clip`` …; a non-identity ``image_projection`` is folded into ``c_proj``),
+    and a :class:`CLIPTextTower`; others raise ``ValueError``. Tensors are detached copies
+    on the model's device and dtype.
     """
     from timm.models.vision_transformer import VisionTransformer
 
     visual = model.visual
-    if not (
+    resnet = clip_resnet_attention_pool(visual) is not None
+    vit = (
         isinstance(visual, VisionTransformer)
         and isinstance(visual.norm_pre, nn.LayerNorm)
         and isinstance(visual.norm, nn.LayerNorm)
         and visual.global_pool == "token"
         and visual.num_prefix_tokens == 1
-        and isinstance(model.text, CLIPTextTower)
-    ):
+    )
+    if not ((vit or resnet) and isinstance(model.text, CLIPTextTower)):
         raise ValueError(
             "only CLIP-architecture models (timm ViT with pre_norm, token pooling and final "
-            "norm; CLIPTextTower) can be exported to the OpenAI layout"
+            "norm, or timm CLIP ResNet with attention pooling; CLIPTextTower) can be "
+            "exported to the OpenAI layout"
         )
     zoo = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    vision_layers, text_layers = len(visual.blocks), model.text.model.config.num_hidden_layers
-    out = {openai: zoo.pop(key) for openai, key in _openai_key_pairs(vision_layers, text_layers)}
+    text_layers = model.text.model.config.num_hidden_layers
+    if resnet:
+        out = _export_resnet_visual(model)
+        for key in [k for k in zoo if k.startswith("visual.") or k == "image_projection"]:
+            del zoo[key]
+        out.update({openai: zoo.pop(key) for openai, key in _openai_text_pairs(text_layers)})
+    else:
+        vision_layers = len(visual.blocks)
+        pairs = _openai_key_pairs(vision_layers, text_layers)
+        out = {openai: zoo.pop(key) for openai, key in pairs}
+        out["visual.class_embedding"] = out["visual.class_embedding"].reshape(-1)
+        out["visual.positional_embedding"] = out["visual.positional_embedding"].reshape(
+            -1, model.vision_width
+        )
     out["logit_scale"] = out["logit_scale"].reshape(())  # a 0-d scalar in OpenAI's layout
-    out["visual.class_embedding"] = out["visual.class_embedding"].reshape(-1)
-    out["visual.positional_embedding"] = out["visual.positional_embedding"].reshape(
-        -1, model.vision_width
-    )
     for i in range(text_layers):
         src, dst = f"text.model.encoder.layers.{i}.self_attn.", f"transformer.resblocks.{i}.attn."
         for kind in ("weight", "bias"):

@@ -3,7 +3,9 @@
 Every image–text model in the zoo (trained here, or converted from Hugging Face / OpenAI /
 open_clip weights) is a :class:`DualEncoder`:
 
-- ``image_trunk(x)``: pooled vision features before projection (width ``vision_width``);
+- ``image_trunk(x)``: pooled vision features before projection (width ``vision_width``;
+  for the CLIP ResNets the attention pool's own output projection is part of the tower
+  and ``image_projection`` is the identity: see :mod:`zoo.backbones.convert`);
 - ``encode_image(x)`` = ``image_trunk(x) @ image_projection`` (width ``embed_dim``);
 - ``encode_text(tokens)`` = ``text(tokens) @ text_projection``;
 - ``encode_text_embeddings(embeds, eot_index)`` for prompt learners;
@@ -27,7 +29,7 @@ from torch import nn
 from zoo.backbones.pooled import timm_vit_pooled_forward, timm_vit_prunable
 from zoo.backbones.presets import resolve_preset
 from zoo.backbones.text import CLIPTextTower, TextSpec
-from zoo.backbones.vision import VisionSpec, build_vision_tower
+from zoo.backbones.vision import VisionSpec, build_vision_tower, tower_output_width
 
 LOG_INV_007 = math.log(1 / 0.07)  # CLIP's initial logit scale, 2.6593
 LOG_100 = 4.6052  # SLIP clamps t to [0, 4.6052], i.e. s ≤ 100
@@ -121,7 +123,7 @@ class DualEncoder(nn.Module):
             for p in visual.parameters()
         )
         self.text = text
-        self.vision_width = int(visual.num_features)
+        self.vision_width = tower_output_width(visual)  # num_features, or a kept head's width
         self.text_width = int(text.width)
         self.embed_dim = embed_dim
         self.logit_scale_max = logit_scale_max

@@ -44,7 +44,10 @@ class VisionSpec:
 def build_vision_tower(spec: VisionSpec) -> nn.Module:
     """Build a timm model without classifier head; ``model(x)`` returns pooled features.
 
-    The returned module has ``num_features`` (the pooled width).
+    The returned module has ``num_features`` (the pooled width). A spec may keep the head
+    with ``kwargs: {num_classes: N}``: the CLIP ResNets (``resnet50_clip`` …) do, because
+    their attention pool's output projection (with bias) is what maps into CLIP's joint
+    space; ``model(x)`` then has :func:`tower_output_width` = N features.
     """
     import timm
 
@@ -63,7 +66,7 @@ def build_vision_tower(spec: VisionSpec) -> nn.Module:
         overrides["norm_layer"] = partial(nn.LayerNorm, eps=spec.norm_eps)
     overrides.update(spec.kwargs)
     kwargs: dict[str, Any] = {"num_classes": 0, "drop_path_rate": spec.drop_path_rate, **overrides}
-    if "vit" in spec.model_name or "deit" in spec.model_name:
+    if _takes_img_size(spec.model_name):
         kwargs["img_size"] = spec.img_size
     model = timm.create_model(spec.model_name, pretrained=False, **kwargs)
     if spec.checkpoint:
@@ -71,6 +74,19 @@ def build_vision_tower(spec: VisionSpec) -> nn.Module:
     if uses_channels_last(model, spec.channels_last):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _takes_img_size(model_name: str) -> bool:
+    """ViTs size their position embedding from ``img_size``; so do the CLIP ResNets (timm
+    byobnet ``resnet*_clip``: the attention pool's position embedding)."""
+    return "vit" in model_name or "deit" in model_name or "_clip" in model_name
+
+
+def tower_output_width(tower: nn.Module) -> int:
+    """The width of ``tower(x)``: ``num_features``, or ``num_classes`` for a timm tower built
+    with its head kept (``num_classes > 0``, e.g. the CLIP ResNets' attention pool)."""
+    kept_head = int(getattr(tower, "num_classes", 0) or 0)
+    return kept_head if kept_head > 0 else int(tower.num_features)
 
 
 def uses_channels_last(model: nn.Module, setting: bool | None) -> bool:
