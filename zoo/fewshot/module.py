@@ -202,8 +202,10 @@ class FewShotModule(ZooModule):
     def features(self, images: Tensor, kind: FeatureKind = "embed") -> Tensor:
         """``embed``: the feature the head compares with its class weights (the frozen CLIP
         embedding unless a method adapts it); ``trunk``: the frozen pooled feature."""
-        if kind == "trunk":
-            return self.encoder.image_trunk(images)
+        if kind == "trunk":  # a CLIP ResNet's trunk is its attention pool before c_proj
+            from zoo.fewshot.clip_source import pre_projection_features
+
+            return pre_projection_features(self.encoder, images)
         if kind != "embed":
             raise ValueError(f"unknown feature kind {kind!r}")
         return self.image_features(images)
