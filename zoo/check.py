@@ -17,6 +17,12 @@ each inside the project (the current directory, or ``--root``):
 A file that still carries a scaffold placeholder (:data:`PLACEHOLDER`, written by
 ``zoo new``) fails, so a scaffold never passes as a paper. Each failure is one line saying
 what to add and where; the exit status is 1 on any failure.
+
+Speed (``zoo check --all`` runs in CI): importing torch and Lightning once is most of the
+cost, and parsing a recipe with jsonargparse the rest. One parser is built once
+(:func:`zoo.lightning_cli.build_parser`) and reused for every recipe; the modules the recipes
+name are imported once, before the recipes are parsed in ``--jobs`` forked worker processes
+that inherit both.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import contextlib
 import importlib
 import inspect
 import io
+import multiprocessing
+import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +51,8 @@ _CITATION = re.compile(r"et al\.,?[^.\n]{0,40}?(?:19|20)\d\d|\([A-Z][^()]*(?:19|
 #: The most specific line of a jsonargparse error (the rest is Union-subtype noise).
 _REASON = re.compile(r"is not accepted|not found|Expected a|does not validate|error:", re.I)
 _SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Where a paper's module and datamodule live (``lightning_modules/<slug>.py``, ...).
+_PAPER_PACKAGES = ("lightning_modules", "datamodules")
 
 
 @dataclass
@@ -140,15 +150,27 @@ def _header(text: str) -> str:
     return "\n".join(lines)
 
 
-def parse_recipe(recipe: Path) -> str | None:
-    """Parse ``recipe`` as ``zoo fit --config RECIPE --print_config`` does; ``None`` when it
-    parses, else jsonargparse's message (its last line names the bad key)."""
-    from zoo.lightning_cli import run_lightning_cli
+_PARSER = None  # the zoo command line's parser, built on first use (see build_parser)
 
+
+def _zoo_parser():
+    global _PARSER
+    if _PARSER is None:
+        from zoo.lightning_cli import build_parser
+
+        _PARSER = build_parser()
+    return _PARSER
+
+
+def parse_recipe(recipe: Path) -> str | None:
+    """Parse ``recipe`` as ``zoo fit --config RECIPE --print_config`` does, with the parser
+    built once (:func:`_zoo_parser`); ``None`` when it parses, else jsonargparse's message
+    (its last line names the bad key)."""
+    parser = _zoo_parser()
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run_lightning_cli(["fit", "--config", str(recipe), "--print_config"])
+            parser.parse_args(["fit", "--config", str(recipe), "--print_config"])
     except SystemExit as exit_info:
         if exit_info.code in (0, None):
             return None
@@ -158,10 +180,74 @@ def parse_recipe(recipe: Path) -> str | None:
         return (specific or reasons or lines or [f"exit status {exit_info.code}"])[0]
     except Exception as error:  # noqa: BLE001 - any failure to parse is reported
         return f"{type(error).__name__}: {error}"
+    finally:
+        # --print_config leaves its request on the parser when parsing fails before the
+        # print: the next recipe parsed with it must not inherit the request
+        with contextlib.suppress(AttributeError):
+            delattr(parser, "print_config")
     return None
 
 
-def check_recipes(root: Path, slug: str, report: Report, parse: bool = True) -> None:
+def _class_modules(value: object) -> Iterator[str]:
+    """The modules of every ``class_path`` in a loaded recipe."""
+    if isinstance(value, dict):
+        path = value.get("class_path")
+        if isinstance(path, str) and "." in path:
+            yield path.rsplit(".", 1)[0]
+        for item in value.values():
+            yield from _class_modules(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _class_modules(item)
+
+
+def _import_quietly(modules: Iterable[str]) -> None:
+    """Import ``modules`` now, ignoring failures (the checks that need them report those)."""
+    for name in modules:
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module(name)
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_recipes(recipes: Sequence[Path], jobs: int = 1) -> dict[Path, str | None]:
+    """:func:`parse_recipe` of each recipe, in ``jobs`` forked worker processes.
+
+    The parser is built and the modules the recipes name are imported here, once, before
+    forking, so the workers inherit them and only parse (a worker importing torch and
+    Lightning itself would cost more than the parse). Without ``fork`` (or with one job or
+    one recipe) the recipes are parsed here, one after the other."""
+    recipes = list(recipes)
+    modules: set[str] = set()
+    for recipe in recipes:
+        with contextlib.suppress(Exception):
+            modules.update(_class_modules(yaml.safe_load(recipe.read_text(encoding="utf-8"))))
+    _import_quietly(sorted(modules))
+    _zoo_parser()
+    jobs = min(jobs, len(recipes))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return {recipe: parse_recipe(recipe) for recipe in recipes}
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return dict(zip(recipes, pool.map(parse_recipe, recipes, chunksize=1)))
+
+
+def paper_recipes(root: Path, slug: str) -> list[Path]:
+    """The recipes of paper ``slug`` (every YAML of its folder but the metafile), sorted."""
+    folder = root / "recipes" / slug
+    return sorted(p for p in folder.glob("*.yaml") if p.name != "metafile.yaml")
+
+
+def check_recipes(
+    root: Path,
+    slug: str,
+    report: Report,
+    parse: bool = True,
+    parsed: Mapping[Path, str | None] | None = None,
+) -> None:
+    """``parsed``: results of :func:`parse_recipes` already computed (``zoo check --all``);
+    recipes not in it are parsed here."""
     from zoo.data.layouts import parse_layout
 
     folder = root / "recipes" / slug
@@ -169,7 +255,7 @@ def check_recipes(root: Path, slug: str, report: Report, parse: bool = True) -> 
     if not folder.is_dir():
         report.fail(where, "add the paper's recipes folder (tiny.yaml, paper settings, metafile)")
         return
-    recipes = sorted(p for p in folder.glob("*.yaml") if p.name != "metafile.yaml")
+    recipes = paper_recipes(root, slug)
     if not (folder / "tiny.yaml").is_file():
         report.fail(
             where + "tiny.yaml",
@@ -197,7 +283,10 @@ def check_recipes(root: Path, slug: str, report: Report, parse: bool = True) -> 
                     "add a '# Layout under data.root' header block, one '#   <path>: <format> "
                     "<columns>' line per file the recipe reads",
                 )
-        if parse and (problem := parse_recipe(recipe)) is not None:
+        problem = None
+        if parse:
+            problem = parsed[recipe] if parsed and recipe in parsed else parse_recipe(recipe)
+        if problem is not None:
             report.fail(
                 rel, f"make it parse with `zoo fit --config {rel} --print_config`: {problem}"
             )
@@ -278,8 +367,14 @@ def check_tests(root: Path, slug: str, report: Report) -> None:
         report.fail(where, "add at least one test_* function asserting a property of the paper")
 
 
-def check_paper(root: Path, slug: str, parse_recipes: bool = True) -> Report:
-    """Every contract check of one paper (``parse_recipes=False`` skips the CLI parse)."""
+def check_paper(
+    root: Path,
+    slug: str,
+    parse_recipes: bool = True,
+    parsed: Mapping[Path, str | None] | None = None,
+) -> Report:
+    """Every contract check of one paper (``parse_recipes=False`` skips the CLI parse;
+    ``parsed``: the recipes' parse results when already computed)."""
     report = Report(slug)
     if not _SLUG.match(slug):
         report.fail(slug, "a slug is lower-case letters, digits and '_', starting with a letter")
@@ -290,7 +385,7 @@ def check_paper(root: Path, slug: str, parse_recipes: bool = True) -> Report:
         arxiv = str(info.get("arxiv")) if isinstance(info, dict) and info.get("arxiv") else None
         check_module(root, slug, arxiv, report)
         check_datamodule(root, slug, report)
-        check_recipes(root, slug, report, parse=parse_recipes)
+        check_recipes(root, slug, report, parse=parse_recipes, parsed=parsed)
         if meta is not None:
             check_readme(root, slug, report)
         check_tests(root, slug, report)
@@ -313,6 +408,12 @@ def check_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--no-parse", action="store_true", help="skip parsing recipes through the CLI (faster)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="worker processes that parse recipes (default: one per available CPU)",
+    )
     args = parser.parse_args(list(argv))
     root = Path(args.root).resolve()
     if not (root / "recipes").is_dir():
@@ -320,9 +421,17 @@ def check_command(argv: Sequence[str]) -> int:
     slugs = paper_slugs(root) if args.all else args.slugs
     if not slugs:
         parser.error("name a paper (zoo check SLUG) or use --all")
+    parsed: dict[Path, str | None] = {}
+    if not args.no_parse:
+        valid = [slug for slug in slugs if _SLUG.match(slug)]
+        with _on_path(root):
+            # the papers' own modules first: every recipe of the paper names them
+            _import_quietly(f"{part}.{slug}" for slug in valid for part in _PAPER_PACKAGES)
+            recipes = [recipe for slug in valid for recipe in paper_recipes(root, slug)]
+            parsed = parse_recipes(recipes, jobs=args.jobs or available_cpus())
     failed = 0
     for slug in slugs:
-        report = check_paper(root, slug, parse_recipes=not args.no_parse)
+        report = check_paper(root, slug, parse_recipes=not args.no_parse, parsed=parsed)
         for line in report.failures:
             print(f"FAIL {slug}: {line}")
         if report.ok:

@@ -29,9 +29,9 @@ Zoo commands:
   info PAPER  show a paper's reported (and reproduced) numbers from its metafile
   recipes list | show RECIPE | copy (PAPER|RECIPE...|--all) DIR [--force]
               the recipes bundled with vl-zoo; copy writes an editable copy
-  reproduce RECIPE --seeds N [--append]
-              fit a recipe with N seeds, record metrics with provenance
-  new SLUG --family contrastive
+  reproduce RECIPE --seeds N [--append] [--shots 1 2 4 8 16 --seed-list 1 2 3]
+              fit a recipe with N seeds (or shots x seeds), record metrics with provenance
+  new SLUG --family contrastive|fewshot|ssl
               scaffold a paper's five parts from templates (placeholders marked ZOO-TODO)
   check SLUG | --all [--no-parse]
               check the paper contract; one line per missing part, exit 1 on failure

@@ -77,9 +77,12 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
     reproduced = meta.get("reproduced") or []
     out.append("## Reproduced in this zoo\n")
     if reproduced:
+        # a few-shot sweep's entries carry their shot count: a column only where there are any
+        swept = any(r.get("shots") is not None for r in reproduced)
         rows = [
             [
                 f"`{r.get('recipe', '')}`",
+                *([r.get("shots", "")] if swept else []),
                 r.get("metric", ""),
                 f"{r.get('mean', float('nan')):.2f} ± {r.get('std', float('nan')):.2f}",
                 ", ".join(str(s) for s in r.get("seeds", [])),
@@ -89,10 +92,8 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
             ]
             for r in reproduced
         ]
-        out.append(
-            _md_table(["recipe", "metric", "mean ± std", "seeds", "scale", "commit", "date"], rows)
-            + "\n"
-        )
+        header = ["recipe", *(["shots"] if swept else []), "metric", "mean ± std", "seeds"]
+        out.append(_md_table([*header, "scale", "commit", "date"], rows) + "\n")
         commands = sorted({r.get("command", "") for r in reproduced if r.get("command")})
         if commands:
             out.append("Commands:\n\n" + "\n".join(f"    {c}" for c in commands) + "\n")
@@ -138,15 +139,22 @@ TABLE_START, TABLE_END = "<!-- papers-table:start -->", "<!-- papers-table:end -
 def _reproduced_summary(entries: list[dict[str, Any]]) -> str:
     """The newest top-1 result per (recipe, metric) of plain recipe runs; runs with
     command-line overrides (controls, ablations) and older records are listed in the paper's
-    own README only."""
+    own README only. Of a few-shot sweep, the largest shot count is shown (``16-shot``)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:  # appended in time order: a later record replaces an earlier one
         metric = str(e.get("metric", "")).removeprefix("eval/")
         if not metric.endswith("top1") or " -- " in str(e.get("command", "")):
             continue
-        latest[(str(e.get("recipe", "")), metric)] = e
+        key = (str(e.get("recipe", "")), metric)
+        shots, kept = e.get("shots"), latest.get(key)
+        if shots is not None and kept is not None and kept.get("shots") is not None:
+            same_run = kept.get("command") == e.get("command") and kept.get("date") == e.get("date")
+            if same_run and shots < kept["shots"]:
+                continue  # the same sweep: keep its largest shot count
+        latest[key] = e
     parts = [
-        f"{metric} {e.get('mean', 0):.1f} ± {e.get('std', 0):.1f} "
+        f"{metric}{f' {s}-shot' if (s := e.get('shots')) is not None else ''} "
+        f"{e.get('mean', 0):.1f} ± {e.get('std', 0):.1f} "
         f"({recipe}, {len(e.get('seeds', []))} seeds, `{str(e.get('commit', ''))[:7]}`)"
         for (recipe, metric), e in latest.items()
     ]

@@ -44,7 +44,10 @@ class ReportedResult(_Strict):
 
 
 class ReproducedResult(_Strict):
-    """A number produced in this zoo by ``zoo reproduce`` (never typed by hand)."""
+    """A number produced in this zoo by ``zoo reproduce`` (never typed by hand).
+
+    ``shots``: the shot count K of a few-shot sweep (``zoo reproduce --shots``); the values
+    are then the seeds' results at K shots per class. Unset for other recipes."""
 
     recipe: str
     metric: str
@@ -60,6 +63,7 @@ class ReproducedResult(_Strict):
     hardware: str
     zoo_version: str | None = None
     config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    shots: int | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ReproducedResult:

@@ -138,13 +138,29 @@ def _cli_class():
     return ZooCLI
 
 
+def _cli_kwargs(cli_cls) -> dict:
+    """The LightningCLI arguments of the ``zoo`` command (shared by :func:`run_lightning_cli`
+    and :func:`build_parser`, so ``zoo check`` parses exactly as ``zoo fit`` does)."""
+    from zoo.datamodule import ZooDataModule
+    from zoo.module import ZooModule
+
+    return {
+        "model_class": ZooModule,
+        "datamodule_class": ZooDataModule,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "auto_configure_optimizers": False,
+        "save_config_kwargs": {"overwrite": True},
+        "seed_everything_default": 0,
+        "parser_kwargs": _parser_kwargs(cli_cls),
+        "parser_class": cli_cls.argument_parser,
+    }
+
+
 def run_lightning_cli(args: Sequence[str]):
     """Run ``fit`` / ``validate`` / ``test`` / ``predict`` with LightningCLI; returns the CLI."""
     import sys
     import warnings
-
-    from zoo.datamodule import ZooDataModule
-    from zoo.module import ZooModule
 
     # A datamodule without validation data returns no val loader; that is intended.
     warnings.filterwarnings("ignore", message=r"Total length of .* across ranks is zero")
@@ -152,18 +168,33 @@ def run_lightning_cli(args: Sequence[str]):
     cli_cls = _cli_class()
     argv = list(args)
     # From the console, LightningCLI reads sys.argv itself (passing both only warns).
-    return cli_cls(
-        ZooModule,
-        ZooDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=None if argv == sys.argv[1:] else argv,
-        parser_kwargs=_parser_kwargs(cli_cls),
-        parser_class=cli_cls.argument_parser,
-    )
+    return cli_cls(**_cli_kwargs(cli_cls), args=None if argv == sys.argv[1:] else argv)
+
+
+class _ParserBuilt(Exception):
+    """Carries the parser out of LightningCLI's constructor before it parses anything."""
+
+
+def build_parser():
+    """The parser of the ``zoo`` Lightning verbs, built without parsing or running anything.
+
+    ``zoo check`` parses every recipe with one parser: building it costs about as much as
+    parsing a recipe. ``parser.parse_args(["fit", "--config", RECIPE, "--print_config"])``
+    then does what ``zoo fit --config RECIPE --print_config`` does (every key and type
+    checked, nothing instantiated) and exits.
+    """
+    _register_loader()
+    cli_cls = _cli_class()
+
+    class ParserOnly(cli_cls):  # type: ignore[misc, valid-type]
+        def parse_arguments(self, parser, args) -> None:
+            raise _ParserBuilt(parser)
+
+    try:
+        ParserOnly(**_cli_kwargs(cli_cls), args=[])
+    except _ParserBuilt as built:
+        return built.args[0]
+    raise RuntimeError("LightningCLI did not call parse_arguments")  # pragma: no cover
 
 
 def _parser_kwargs(cli_cls) -> dict:

@@ -60,7 +60,9 @@ def resolve_reproduce_args(args: Sequence[str]) -> list[str]:
         if arg.startswith("-"):
             skip_next = arg in REPRODUCE_VALUE_OPTIONS
             continue
-        if arg.isdigit():  # a value of --seed-list; a recipe name is never a number
+        if arg.isdigit():  # a value of --seed-list / --shots; a recipe name is never a number
+            continue
+        if "=" in arg:  # a value of --per-shot (K:KEY=VALUE); a recipe name has no '='
             continue
         args[i] = str(resolve_recipe(arg))
         break

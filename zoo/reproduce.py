@@ -5,11 +5,22 @@ evaluation callbacks (zero-shot, linear probe, ...) report their metrics at the 
 The record has full provenance: the resolved config and its sha256, the git commit (and
 whether the tree was dirty), package versions, hardware, date and the command. ``--append``
 adds one entry per metric to ``recipes/<paper>/metafile.yaml`` under ``reproduced``.
+
+The few-shot protocol sweeps shots × seeds (:func:`sweep`): ``--shots 1 2 4 8 16`` runs the
+recipe once per shot count K and seed s with ``--data.init_args.shots K``,
+``--data.init_args.fewshot_seed s`` and ``--seed_everything s`` (seeds ``--seed-list``, by
+default 1…``--seeds``, the protocol's numbering). Settings that depend on K go in
+``--per-shot K[,K...]:KEY=VALUE`` (e.g. CoOp's epochs: ``--per-shot 1:trainer.max_epochs=50
+2,4:trainer.max_epochs=100 8,16:trainer.max_epochs=200``), applied after the overrides
+given after ``--``. It writes a table of mean ± std per shot count and metric: on stdout,
+as a CSV next to the JSON record (one row per (K, seed), then a ``mean`` and a ``std`` row
+per K) and, with ``--append``, one metafile entry per (K, metric) with ``shots: K``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -96,32 +107,56 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def is_result(metric: str) -> bool:
+    """Whether ``metric`` is a result (the probe's chosen regularisation ``*_C`` is a setting)."""
+    return not metric.endswith("_C")
+
+
+def _entry(
+    record: dict[str, Any], metric: str, stats: dict[str, Any], config_sha256: str
+) -> dict[str, Any]:
+    return {
+        "recipe": Path(record["recipe"]).name,
+        "metric": metric,
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "values": stats["values"],
+        "seeds": record["seeds"],
+        "scale": record["scale"],
+        "command": record["command"],
+        "commit": record["commit"],
+        "dirty": record["dirty"],
+        "date": record["date"],
+        "hardware": record["hardware"],
+        "zoo_version": record["versions"].get("vl-zoo"),
+        "config_sha256": config_sha256,
+    }
+
+
+def metafile_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``reproduced`` entries of a record: one per metric, or for a shots sweep one per
+    (shot count, metric) with ``shots`` set and that shot count's config hash."""
+    if "sweep" not in record:
+        return [
+            _entry(record, metric, stats, record["config_sha256"])
+            for metric, stats in record["metrics"].items()
+            if is_result(metric)
+        ]
+    entries = []
+    for run in record["sweep"]:
+        for metric, stats in run["metrics"].items():
+            if is_result(metric):
+                entry = _entry(record, metric, stats, run["config_sha256"])
+                entries.append({**entry, "shots": run["shots"]})
+    return entries
+
+
 def append_to_metafile(record: dict[str, Any], metafile: Path) -> None:
     text = metafile.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     meta = yaml.safe_load(text) or {}
     entries = meta.setdefault("reproduced", []) or []
-    for metric, stats in record["metrics"].items():
-        if metric.endswith("_C"):  # the probe's chosen regularisation: a setting, not a result
-            continue
-        entries.append(
-            {
-                "recipe": Path(record["recipe"]).name,
-                "metric": metric,
-                "mean": stats["mean"],
-                "std": stats["std"],
-                "values": stats["values"],
-                "seeds": record["seeds"],
-                "scale": record["scale"],
-                "command": record["command"],
-                "commit": record["commit"],
-                "dirty": record["dirty"],
-                "date": record["date"],
-                "hardware": record["hardware"],
-                "zoo_version": record["versions"].get("vl-zoo"),
-                "config_sha256": record["config_sha256"],
-            }
-        )
+    entries.extend(metafile_entries(record))
     meta["reproduced"] = entries
     from zoo.ledger import validate_metafile
 
@@ -131,12 +166,127 @@ def append_to_metafile(record: dict[str, Any], metafile: Path) -> None:
     )
 
 
+# --- the few-shot sweep: shots x seeds -------------------------------------------------------
+def parse_per_shot(items: Sequence[str], shots: Sequence[int]) -> dict[int, list[str]]:
+    """``["1:trainer.max_epochs=50", "2,4:trainer.max_epochs=100"]`` -> the ``zoo fit``
+    overrides of each shot count (``{1: ["--trainer.max_epochs", "50"], ...}``); a shot count
+    not in ``shots`` or a malformed item is an error naming it."""
+    out: dict[int, list[str]] = {k: [] for k in shots}
+    for item in items:
+        counts, sep, setting = item.partition(":")
+        key, eq, value = setting.partition("=")
+        try:
+            ks = [int(k) for k in counts.split(",")]
+        except ValueError:
+            ks = []
+        if not sep or not eq or not key.strip() or not ks:
+            raise ValueError(
+                f"--per-shot {item!r}: expected K[,K...]:KEY=VALUE, "
+                "e.g. 1:trainer.max_epochs=50 or 2,4:trainer.max_epochs=100"
+            )
+        for k in ks:
+            if k not in out:
+                raise ValueError(f"--per-shot {item!r}: {k} is not one of --shots {list(shots)}")
+            out[k] += [f"--{key.strip().removeprefix('--')}", value]
+    return out
+
+
+def shot_overrides(shots: int, seed: int, per_shot: Sequence[str]) -> list[str]:
+    """What one run of the sweep adds to the recipe (after the command's own overrides):
+    the datamodule's shot count and few-shot seed, then the shot count's ``--per-shot``."""
+    return [
+        "--data.init_args.shots",
+        str(shots),
+        "--data.init_args.fewshot_seed",
+        str(seed),
+        *per_shot,
+    ]
+
+
+def sweep(
+    recipe: str,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    per_shot: dict[int, list[str]],
+) -> list[dict[str, Any]]:
+    """Fit ``recipe`` for every (shot count, seed); per shot count: the per-seed metrics,
+    their summary and the resolved config of its first run (with its sha256)."""
+    runs = []
+    total, done = len(shots) * len(seeds), 0
+    for k in shots:
+        per_seed, configs = [], []
+        for seed in seeds:
+            done += 1
+            print(f"[zoo reproduce] {recipe} shots {k} seed {seed} ({done}/{total})", flush=True)
+            extra = shot_overrides(k, seed, per_shot.get(k, []))
+            metrics, config = run_seed(recipe, seed, [*overrides, *extra])
+            per_seed.append(metrics)
+            configs.append(config)
+        runs.append(
+            {
+                "shots": k,
+                "per_seed": per_seed,
+                "metrics": summarise(per_seed),
+                "config": configs[0],
+                "config_sha256": hashlib.sha256(configs[0].encode()).hexdigest(),
+            }
+        )
+    return runs
+
+
+def sweep_table(runs: list[dict[str, Any]], seeds: Sequence[int]) -> str:
+    """Mean ± std per shot count (rows) and metric (columns), as printed by the sweep."""
+    metrics = sorted({m for run in runs for m in run["metrics"] if is_result(m)})
+    rows = [["shots", *metrics]]
+    for run in runs:
+        cells = [run["metrics"].get(m) for m in metrics]
+        rows.append(
+            [str(run["shots"])] + [f"{c['mean']:.2f} ± {c['std']:.2f}" if c else "-" for c in cells]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return f"mean ± std over seeds {list(seeds)}\n" + "\n".join(lines)
+
+
+def write_sweep_csv(runs: list[dict[str, Any]], seeds: Sequence[int], path: Path) -> None:
+    """One row per (shot count, seed) with every metric, then a ``mean`` and a ``std`` row
+    per shot count (the ``seed`` column says which)."""
+    metrics = sorted({m for run in runs for m in run["metrics"]})
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["shots", "seed", *metrics])
+        for run in runs:
+            for seed, values in zip(seeds, run["per_seed"]):
+                cells = [round(values[m], 4) if m in values else "" for m in metrics]
+                writer.writerow([run["shots"], seed, *cells])
+            for stat in ("mean", "std"):
+                cells = [run["metrics"][m][stat] if m in run["metrics"] else "" for m in metrics]
+                writer.writerow([run["shots"], stat, *cells])
+
+
 def reproduce_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="zoo reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/slip/tiny.yaml")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     parser.add_argument(
         "--seed-list", type=int, nargs="*", help="explicit seeds instead of --seeds"
+    )
+    parser.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=None,
+        help="few-shot sweep: run every seed at each shot count K (data.init_args.shots = K, "
+        "data.init_args.fewshot_seed = seed_everything = the seed; seeds default to 1..--seeds)",
+    )
+    parser.add_argument(
+        "--per-shot",
+        nargs="+",
+        default=[],
+        metavar="K:KEY=VALUE",
+        help="with --shots: a zoo fit override for some shot counts, e.g. "
+        "1:trainer.max_epochs=50 2,4:trainer.max_epochs=100 8,16:trainer.max_epochs=200",
     )
     parser.add_argument("--scale", default=None, help="what was run, e.g. 'tiny: digits 16px, CPU'")
     parser.add_argument("--out", default=None, help="JSON record path (default runs/reproduce/...)")
@@ -168,6 +318,10 @@ def reproduce_command(argv: Sequence[str]) -> int:
         append_to_metafile(record, recipe.parent / "metafile.yaml")
         print(f"[zoo reproduce] appended {args.from_record} to {recipe.parent / 'metafile.yaml'}")
         return 0
+    if args.per_shot and not args.shots:
+        parser.error("--per-shot needs --shots")
+    if args.shots:
+        return _sweep_command(args, parser, recipe, argv, overrides)
     seeds = args.seed_list if args.seed_list else list(range(args.seeds))
     paper = recipe.parent.name
     started = provenance()  # before the runs: the code that produced the numbers
@@ -198,6 +352,50 @@ def reproduce_command(argv: Sequence[str]) -> int:
     print(f"[zoo reproduce] wrote {out}")
     for name, stats in record["metrics"].items():
         print(f"  {name}: {stats['mean']:.2f} ± {stats['std']:.2f} over seeds {seeds}")
+    if args.append:
+        metafile = recipe.parent / "metafile.yaml"
+        append_to_metafile(record, metafile)
+        print(f"[zoo reproduce] appended to {metafile}")
+    return 0
+
+
+def _sweep_command(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    recipe: Path,
+    argv: list[str],
+    overrides: list[str],
+) -> int:
+    """``--shots``: every (shot count, seed), a table on stdout, a CSV and a JSON record
+    under ``runs/reproduce/``, and with ``--append`` one metafile entry per (shots, metric)."""
+    shots = list(dict.fromkeys(args.shots))  # in the given order, without repeats
+    if any(k == 0 for k in shots):
+        parser.error("--shots: 0 is not a shot count (a negative K takes every image)")
+    seeds = args.seed_list if args.seed_list else list(range(1, args.seeds + 1))
+    try:
+        per_shot = parse_per_shot(args.per_shot, shots)
+    except ValueError as err:
+        parser.error(str(err))
+    paper = recipe.parent.name
+    started = provenance()  # before the runs: the code that produced the numbers
+    runs = sweep(str(recipe), shots, seeds, overrides, per_shot)
+    record = {
+        "recipe": recipe.as_posix(),
+        "paper": paper,
+        "seeds": seeds,
+        "shots": shots,
+        "sweep": runs,
+        "scale": args.scale or f"recipe {recipe.stem}, shots {', '.join(map(str, shots))}",
+        "command": "python -m zoo reproduce " + shlex.join(argv),
+        **started,
+    }
+    out = Path(args.out or f"runs/reproduce/{paper}-{recipe.stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    table = out.with_suffix(".csv")
+    write_sweep_csv(runs, seeds, table)
+    print(f"[zoo reproduce] wrote {out} and {table}")
+    print(sweep_table(runs, seeds))
     if args.append:
         metafile = recipe.parent / "metafile.yaml"
         append_to_metafile(record, metafile)

@@ -8,7 +8,11 @@ schema) and ``tests/papers/test_<slug>.py`` (a placeholder test that fails).
 
 Every part carries the :data:`zoo.check.PLACEHOLDER` marker, so ``zoo check`` and the test
 suite fail until the contributor has written the paper: a scaffold never passes as a paper.
-Templates live in ``zoo/templates/<family>/`` (``common/`` for the parts families share).
+Templates live in ``zoo/templates/<family>/`` (``common/`` for the parts families share):
+``contrastive`` (a dual encoder on :class:`~zoo.data.image_text_datamodule.ImageTextDataModule`),
+``fewshot`` (a :class:`~zoo.fewshot.module.FewShotModule` head on a frozen CLIP, on
+:class:`~zoo.data.fewshot_datamodule.FewShotDataModule`) and ``ssl`` (a vision tower with an
+EMA teacher on :class:`~zoo.data.labelled_datamodule.LabelledImageDataModule` with extra views).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo.check import PLACEHOLDER, check_paper
-from zoo.scaffold import class_name, new_paper, validate_slug
+from zoo.check import PLACEHOLDER, check_paper, parse_recipes
+from zoo.scaffold import class_name, families, new_paper, validate_slug
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,6 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("slug", ["clip", "slip"])
 def test_papers_in_the_tree_meet_the_contract(slug):
     assert check_paper(ROOT, slug, parse_recipes=False).failures == []
+
+
+def test_one_parser_parses_many_recipes_alike_in_workers(tmp_path):
+    """``zoo check`` parses every recipe with one parser (in forked workers): a failed parse
+    leaves nothing behind for the next recipe, and the workers answer as one process does."""
+    good = ROOT / "recipes" / "clip" / "tiny.yaml"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(good.read_text().replace("max_epochs: 40", "max_epoch: 40"))
+    wrong = tmp_path / "wrong_type.yaml"
+    wrong.write_text(good.read_text().replace("lr: 5.0e-4 ", "lr: fast "))
+    recipes = [typo, good, wrong]
+    alone = parse_recipes(recipes, jobs=1)
+    assert alone[typo] == "error: Group 'trainer' does not accept option 'max_epoch'"
+    assert alone[good] is None
+    assert alone[wrong] is not None and "model" in alone[wrong]
+    assert parse_recipes(recipes, jobs=2) == alone
 
 
 def test_each_missing_part_is_one_line_naming_where(tmp_path):
@@ -52,6 +68,10 @@ def test_stale_readme_and_missing_reported_recipe(tmp_path):
     missing = [f for f in failures if "names vit_s16_yfcc15m.yaml" in f]
     assert len(missing) == 3  # zero-shot, linear-probe, fine-tuned: one line each
     assert missing[0].endswith("add recipes/clip/vit_s16_yfcc15m.yaml")
+
+
+def test_scaffold_families():
+    assert families() == ["contrastive", "fewshot", "ssl"]
 
 
 def test_scaffold_writes_five_parts_and_never_passes(tmp_path):

@@ -204,3 +204,59 @@ def test_class_folders_that_differ_between_splits_fail_at_fit_start(tmp_path, la
     dm = _module(tmp_path, "imagefolder")
     with pytest.raises(ValueError, match=r"data\.test \(.*\): classes \['cat', 'eel'\] differ"):
         dm.setup("fit")
+
+
+def test_given_classnames_must_follow_the_class_folders(layouts):
+    """Folders define the labels (sorted): the same names in another order, or another
+    count, would name every label wrongly; display names of the same count are accepted."""
+    with pytest.raises(ValueError, match="another order"):
+        _module(layouts, "imagefolder", classnames=["dog", "cat", "eel"]).setup("fit")
+    with pytest.raises(ValueError, match="has 2 names but .* 3 class folders"):
+        _module(layouts, "imagefolder", classnames=["cat", "dog"]).setup("fit")
+    dm = _module(layouts, "imagefolder", classnames=["a cat", "a dog", "an eel"])
+    dm.setup("fit")
+    assert dm.classnames == ["a cat", "a dog", "an eel"]
+
+
+# --- source: digits (embedded, written by prepare_data) -------------------------------------
+def test_digits_source_writes_in_prepare_data_and_reads_what_the_image_text_module_reads(
+    tmp_path,
+):
+    """Constructing writes nothing and ``setup`` before ``prepare_data`` says so; after
+    ``prepare_data`` the train / test tables are read back with the digit names, the same
+    images and labels the image–text datamodule reads from the same writer, and training
+    samples carry ``num_views`` extra views."""
+    from zoo.data.embedded import CLASSNAMES, DigitsSpec
+    from zoo.data.image_text_datamodule import ImageTextDataModule
+
+    cache = tmp_path / "cache"
+    spec = {"size": 16, "format": "csv", "cache_dir": str(cache)}
+    dm = LabelledImageDataModule(
+        source="digits", digits=spec, preprocess=SPEC, num_views=2, batch_size=32
+    )
+    assert not cache.exists()  # __init__ wrote nothing
+    assert dm.classnames == list(CLASSNAMES)  # known without reading any file
+    with pytest.raises(FileNotFoundError, match="prepare_data"):
+        dm.setup("fit")
+    dm.prepare_data()
+    dm.setup("fit")
+    # sklearn's 1,797 digits, stratified 70/30
+    assert (len(dm.train_set), len(dm.eval_set("test"))) == (1257, 540)
+    assert sorted(set(dm.train_set.labels.tolist())) == list(range(10))
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["views"]) == 2 and batch["views"][0].shape == batch["image"].shape
+    text = ImageTextDataModule(
+        source="digits", digits=DigitsSpec(**spec), image_size=16, batch_size=32
+    )
+    text.setup("fit")  # the copy the labelled module's prepare_data wrote
+    want = next(iter(text.eval_dataloader("test")))
+    got = next(iter(dm.eval_dataloader("test")))
+    assert torch.equal(got["label"], want["label"])
+    assert torch.equal(got["image"], want["image"])
+
+
+def test_digits_source_refuses_split_paths_and_formats_it_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match=r"remove data\.train"):
+        LabelledImageDataModule(source="digits", train="train.csv")
+    with pytest.raises(ValueError, match=r"data\.digits\.format 'wds'"):
+        LabelledImageDataModule(source="digits", digits={"format": "wds"})

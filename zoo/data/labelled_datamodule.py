@@ -5,7 +5,13 @@ transfer): ``train`` / ``val`` / ``test`` splits in one of three layouts.
   the class names are the sorted folder names, as in ``torchvision.datasets.ImageFolder``;
 - ``csv`` / ``jsonl``: an ``image,label`` table (integer labels; image paths relative to the
   table's folder or ``image_root``);
-- ``hf``: a Hugging Face ``imagefolder`` directory (``datasets.load_dataset("imagefolder")``).
+- ``hf``: a Hugging Face ``imagefolder`` directory (``datasets.load_dataset("imagefolder")``);
+- ``digits``: scikit-learn's embedded handwritten digits (no download), written by
+  ``prepare_data`` as an ``image,label`` table (``digits.format``: ``csv`` or ``jsonl``) by
+  the writer the image–text datamodule uses (:class:`zoo.data.embedded.DigitsSpec`) and read
+  back through the table reader above: ``train`` and ``test`` splits, the ten digit names as
+  ``classnames`` and the digits' zero-shot ``templates`` (tiny self-supervised recipes,
+  linear probes and kNN on embedded data).
 
 Each split is a path relative to ``root`` or a :class:`zoo.data.splits.LabelledSplitSpec`
 mapping with its own ``source``, columns and transform, as in the image–text datamodule.
@@ -20,6 +26,7 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
+from zoo.data.embedded import CLASSNAMES, ZERO_SHOT_TEMPLATES, DigitsSpec
 from zoo.data.lists import load_list
 from zoo.data.samples import DEFAULT_MAX_PIXELS, check_max_pixels
 from zoo.data.splits import (
@@ -36,6 +43,8 @@ from zoo.preprocess import PreprocessSpec
 log = logging.getLogger("zoo.data")
 
 LABELLED_SPLITS = ("train", "val", "test")
+#: The digits formats the labelled readers take (an ``image,label`` table).
+DIGITS_FORMATS = ("csv", "jsonl")
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class LabelledImageDataModule(ZooDataModule):
 
     def __init__(
         self,
-        source: LabelledSource = "imagefolder",
+        source: LabelledSource | Literal["digits"] = "imagefolder",
         root: str | None = None,
         train: str | LabelledSplitSpec | None = None,
         val: str | LabelledSplitSpec | None = None,
@@ -91,6 +100,7 @@ class LabelledImageDataModule(ZooDataModule):
         num_views: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         bad_rows: Literal["error", "skip"] = "error",
+        digits: DigitsSpec | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -102,6 +112,7 @@ class LabelledImageDataModule(ZooDataModule):
         if num_views < 0:
             raise ValueError(f"data.num_views must be >= 0, got {num_views}")
         self.source = source
+        self.digits: DigitsSpec | None = None
         self._preprocess = preprocess or PreprocessSpec()
         self.train_transform_name = train_transform or self.default_train_transform
         self.view_transform_name = view_transform
@@ -110,6 +121,12 @@ class LabelledImageDataModule(ZooDataModule):
         self.bad_rows = bad_rows
         self._tokenizer = None
         self.image_key, self.label_key = image_key, label_key
+        if source == "digits":
+            self._init_digits(digits, {"root": root, "train": train, "val": val, "test": test})
+            self._classnames = load_list(classnames, None) or list(CLASSNAMES)
+            self.templates = load_list(templates, None) or list(ZERO_SHOT_TEMPLATES)
+            self.image_root = None
+            return
         root_path = Path(root).expanduser() if root else None
         if root_path is not None and not root_path.exists():
             raise FileNotFoundError(f"data root not found: {root_path}")
@@ -124,6 +141,40 @@ class LabelledImageDataModule(ZooDataModule):
             if spec is not None:
                 check_exists(self.splits[name].path, f"{name} data")
 
+    def _init_digits(self, digits: DigitsSpec | dict | None, given: dict[str, Any]) -> None:
+        """``source: digits``: remember what ``prepare_data`` writes; nothing is read or
+        written here (``setup`` locates the written tables on every rank)."""
+        from zoo.data.image_text_datamodule import as_digits
+
+        clashing = [f"data.{name}" for name, value in given.items() if value is not None]
+        if clashing:
+            raise ValueError(
+                f"data.source digits writes its own train and test splits; remove "
+                f"{', '.join(clashing)} (or choose another data.source)"
+            )
+        self.digits = as_digits(digits)
+        if self.digits.format not in DIGITS_FORMATS:
+            raise ValueError(
+                f"data.digits.format {self.digits.format!r}: the labelled datamodule reads the "
+                f"digits as an image,label table; choose one of {list(DIGITS_FORMATS)}"
+            )
+        self.generated.append(self.digits)
+        self.splits = {}  # filled by _ensure_splits once prepare_data has written them
+
+    def _ensure_splits(self) -> None:
+        """Resolve the digits tables ``prepare_data`` wrote (read-only; every rank computes
+        the same folder from the arguments); a no-op for the other sources."""
+        if self.digits is None or self.splits:
+            return
+        built = self.digits.locate()
+        paths = {"train": built.train, "val": None, "test": built.test}
+        self.splits = {
+            name: None
+            if path is None
+            else self._resolve(name, LabelledSplitSpec(path=str(path)), None)
+            for name, path in paths.items()
+        }
+
     def _resolve(
         self, name: str, spec: LabelledSplitSpec, root: Path | None
     ) -> ResolvedLabelledSplit:
@@ -132,7 +183,7 @@ class LabelledImageDataModule(ZooDataModule):
         return ResolvedLabelledSplit(
             name=name,
             path=resolve_path(root, spec.path),  # type: ignore[arg-type]
-            source=spec.source or self.source,
+            source=spec.source or (self.digits.format if self.digits else self.source),
             image_root=resolve_path(root, spec.image_root) or self.image_root,
             image_key=spec.image_key or self.image_key,
             label_key=spec.label_key or self.label_key,
@@ -170,6 +221,7 @@ class LabelledImageDataModule(ZooDataModule):
         """As given, else the class folder names of the first configured split that has
         them (``imagefolder`` / ``hf``), else ``None`` (integer labels only)."""
         if self._classnames is None:
+            self._ensure_splits()
             for name in LABELLED_SPLITS:
                 if self.splits.get(name) is not None:
                     found = getattr(self._dataset(name), "classnames", None)
@@ -185,6 +237,7 @@ class LabelledImageDataModule(ZooDataModule):
 
     def build_dataset(self, split: str, train: bool) -> Dataset:
         """The ``split`` reader with training augmentation (``train``) or eval transforms."""
+        self._ensure_splits()
         spec = self.splits.get(split)
         if spec is None:
             raise ValueError(f"no {split!r} data configured (set data.{split})")
@@ -234,6 +287,7 @@ class LabelledImageDataModule(ZooDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the training / validation sets; in ``fit`` open the test split too and check
         the class folders of every split agree, so bad data fails before the first step."""
+        self._ensure_splits()
         if stage in (None, "fit") and self.train_set is None and self.splits["train"]:
             self.train_set = self.build_dataset("train", train=True)
             self.check_train_size(self.train_set, self.splits["train"].where)
@@ -257,15 +311,51 @@ class LabelledImageDataModule(ZooDataModule):
                 continue
             if first is None:
                 first = (name, list(found))
+                self._check_given_classnames(name, list(found))
             elif list(found) != first[1]:
                 raise ValueError(
                     f"{self.splits[name].where}: classes {list(found)} differ from "
                     f"data.{first[0]}'s {first[1]}; labels would not match across splits"
                 )
 
+    def _check_given_classnames(self, split: str, folders: list[str]) -> None:
+        """``data.classnames`` given next to class folders: the folders define the labels
+        (sorted, torchvision's ``find_classes``), so a list of a different length, or the
+        folder names in another order, would name every label wrongly. (Other names of the
+        same count are display names, e.g. ImageNet's words for its wnid folders.)"""
+        given = self._classnames
+        if given is None:
+            return
+        where = self.splits[split].where
+        if len(given) != len(folders):
+            raise ValueError(
+                f"data.classnames has {len(given)} names but {where} has {len(folders)} class "
+                "folders; the folders define the labels"
+            )
+        if sorted(given) == sorted(folders) and list(given) != folders:
+            raise ValueError(
+                f"data.classnames lists the class folders of {where} in another order "
+                f"({list(given)[:4]}… vs {folders[:4]}…); labels follow the sorted folder "
+                "names: give them in that order, or leave data.classnames unset"
+            )
+
     # --- the evaluation-split protocol (ZooDataModule) ----------------------------------------
     def build_eval_dataset(self, split: str) -> Dataset:
         return self.build_dataset(split, train=False)
+
+    def has_eval_split(self, split: str) -> bool:
+        self._ensure_splits()
+        return super().has_eval_split(split)
+
+    def eval_set(self, split: str) -> Dataset:
+        self._ensure_splits()
+        return super().eval_set(split)
+
+    def check_eval_split(
+        self, split: str, who: str, labels: bool = True, captions: bool = False
+    ) -> None:
+        self._ensure_splits()
+        super().check_eval_split(split, who, labels=labels, captions=captions)
 
     def require_labels(self, split: str, who: str) -> None:
         spec = self.splits[split]
