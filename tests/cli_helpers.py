@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
 from zoo.cli import main
@@ -14,3 +17,28 @@ def fail(args: list[str], capsys) -> str:
     assert exit_info.value.code not in (0, None)
     captured = capsys.readouterr()
     return captured.err + captured.out
+
+
+#: What each evaluation callback prints at the end of a fit (its summary line).
+EVAL_LINES = {
+    "ZeroShotEval": r"zero-shot top-1: \d+\.\d\d%",
+    "LinearProbeEval": r"linear probe \(\w+\) top-1: \d+\.\d\d%",
+    "KNNEval": r"kNN \(k=\d+",
+    "RetrievalEval": r"retrieval R@",
+}
+
+
+def eval_lines(config: dict[str, Any]) -> dict[str, str]:
+    """A recipe's evaluation callbacks → the regex of the line each prints; a named
+    ``ZeroShotEval`` (few-shot recipes: ``name: fewshot``) prints ``<name> top-1: …``."""
+    lines = {}
+    for callback in config["trainer"].get("callbacks") or []:
+        name = callback["class_path"].rsplit(".", 1)[-1]
+        if name not in EVAL_LINES:
+            continue
+        label = (callback.get("init_args") or {}).get("name", "zeroshot")
+        if name == "ZeroShotEval" and label != "zeroshot":
+            lines[f"{name}({label})"] = rf"{re.escape(label)} top-1: \d+\.\d\d%"
+        else:
+            lines[name] = EVAL_LINES[name]
+    return lines

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli_helpers import eval_lines
 from tests.cli_helpers import fail as _fail
 from zoo.cli import main
 
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.name != "metafile.yaml")
 TINY = [p for p in RECIPES if p.name == "tiny.yaml"]
 PAPER_SCALE = [p for p in RECIPES if p.name != "tiny.yaml"]
+#: The papers' global batch: CLIP / SLIP, 64 per GPU x 8 GPUs x 8 nodes.
+GLOBAL_BATCH = {"clip": 4096, "slip": 4096}
 
 
 def _id(path: Path) -> str:
@@ -43,8 +46,10 @@ def test_tiny_recipe_fits_through_cli(recipe, tmp_path, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert re.search(r"zero-shot top-1: \d+\.\d\d%", out), out[-2000:]
-    assert re.search(r"linear probe \(trunk\) top-1: \d+\.\d\d%", out), out[-2000:]
+    lines = eval_lines(yaml.safe_load(recipe.read_text()))
+    assert lines, f"{recipe} declares no evaluation callback"
+    for name, line in lines.items():  # every evaluation the recipe declares printed its line
+        assert re.search(line, out), f"{name} printed nothing:\n{out[-2000:]}"
 
 
 @pytest.mark.parametrize("recipe", PAPER_SCALE, ids=_id)
@@ -55,13 +60,22 @@ def test_paper_scale_recipe_parses(recipe, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     source = yaml.safe_load(recipe.read_text())
     assert printed["model"]["class_path"] == source["model"]["class_path"]
-    assert (
-        printed["model"]["init_args"]["optim"]["lr"] == source["model"]["init_args"]["optim"]["lr"]
-    )
+    # every optimiser spec the recipe writes (``optim``; SgVA-CLIP: one per optimiser)
+    # survives parsing with its learning rate
+    specs = {
+        k: v
+        for k, v in (source["model"].get("init_args") or {}).items()
+        if isinstance(v, dict) and "lr" in v
+    }
+    for key, spec in specs.items():
+        assert printed["model"]["init_args"][key]["lr"] == spec["lr"], key
     assert printed["trainer"]["max_epochs"] == source["trainer"]["max_epochs"]
-    # the paper's global batch: 64 per GPU x 8 GPUs x 8 nodes
-    trainer, data = printed["trainer"], printed["data"]["init_args"]
-    assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] == 4096
+    if recipe.parent.name in GLOBAL_BATCH:
+        trainer, data = printed["trainer"], printed["data"]["init_args"]
+        assert (
+            data["batch_size"] * trainer["devices"] * trainer["num_nodes"]
+            == GLOBAL_BATCH[recipe.parent.name]
+        )
 
 
 def test_unknown_key_fails_before_training_naming_it(capsys, tmp_path):
@@ -102,7 +116,7 @@ def test_missing_data_path_names_the_path(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", TINY, ids=_id)
+@pytest.mark.parametrize("recipe", [p for p in TINY if p.parent.name in ("clip", "slip")], ids=_id)
 def test_tiny_recipe_full_fit(recipe, tmp_path, capsys, monkeypatch):
     # What the results ledger supports for a full tiny fit (recipes/<paper>/metafile.yaml:
     # the latest tiny.yaml records, 3 seeds; chance is 10 % on the ten digit classes). A
