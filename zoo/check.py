@@ -249,6 +249,7 @@ def check_recipes(
     """``parsed``: results of :func:`parse_recipes` already computed (``zoo check --all``);
     recipes not in it are parsed here."""
     from zoo.data.layouts import parse_layout
+    from zoo.recipe_index import is_tiny_recipe
 
     folder = root / "recipes" / slug
     where = f"recipes/{slug}/"
@@ -261,7 +262,7 @@ def check_recipes(
             where + "tiny.yaml",
             "add a tiny recipe that trains on embedded data on 2 CPU cores in minutes",
         )
-    if not any(p.name != "tiny.yaml" for p in recipes):
+    if not any(not is_tiny_recipe(p) for p in recipes):
         report.fail(
             where + "<setting>.yaml",
             "add one recipe per paper setting with the paper's hyperparameters",
@@ -271,7 +272,7 @@ def check_recipes(
         text = recipe.read_text(encoding="utf-8")
         if PLACEHOLDER in text:
             report.fail(rel, f"replace every {PLACEHOLDER} placeholder")
-        if recipe.name != "tiny.yaml":
+        if not is_tiny_recipe(recipe):
             try:
                 layout = parse_layout(_header(text))
             except ValueError as err:

@@ -37,6 +37,14 @@ class RecipeNotFoundError(FileNotFoundError):
     """A recipe name or path that matches neither a file nor a known recipe."""
 
 
+def is_tiny_recipe(path: str | os.PathLike[str]) -> bool:
+    """``tiny.yaml`` and its variants (``tiny_f.yaml``: Tip-Adapter-F next to the
+    training-free Tip-Adapter): recipes on embedded or generated data, with no paper-scale
+    data layout to declare."""
+    stem = Path(path).stem
+    return stem == "tiny" or stem.startswith("tiny_")
+
+
 def recipes_dir() -> Path:
     """The recipes folder (see the module docstring for the search order)."""
     candidates = [

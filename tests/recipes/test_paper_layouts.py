@@ -5,30 +5,57 @@ recipe's own evaluation callbacks. The layout comes from the header, not from th
 ``data:`` section, so a config that does not read what the recipe says it reads fails here.
 Recipes are discovered, so a new recipe is covered without editing this file.
 
-Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, a 1-block model of
-width 32 on 32-pixel images (same architecture family, same heads), batch 2, and one prompt
-template instead of 80 (the 1000 ImageNet class names stay).
+Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, and
+
+- pre-training recipes (CLIP, SLIP): batch 2, a 1-block model of width 32 on 32-pixel
+  images (same architecture family, same heads) and one prompt template instead of 80 (the
+  1000 ImageNet class names stay);
+- few-shot recipes (a ``coop`` entry: a CoOp dataset folder): the frozen CLIP is the tiny
+  model of the declared family that the header's ``clip-weights`` entry writes (e.g. a
+  width-8 ResNet with RN50's depths and attention pool, or a one-block ViT-B/16, with
+  CLIP's tokenizer and context), loaded through the recipe's own ``clip.path`` / ``format``
+  (only the path moves to the copy), at that model's image size (ResNets 32 px, ViT-B 64,
+  ViT-L/14 56);
+  the dataset has 4 classes (the head is built from the data's class names, so its size
+  follows) with the recipe's shot count. Shots, batch sizes (a batch of 32 tiny-CLIP
+  images costs less than 16 batches of 2), templates, transforms and the method's
+  hyper-parameters stay.
+
+A training-free recipe (``trainer.max_epochs: 0``: zero-shot CLIP, Tip-Adapter) runs without
+``fast_dev_run``, which would force a training epoch on a module with nothing to train; its
+fit is the evaluation, on the whole tiny copy.
 """
 
+from __future__ import annotations
+
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from tests.cli_helpers import eval_lines
 from zoo.cli import main
-from zoo.data.layouts import write_recipe_layout
+from zoo.data.layouts import (
+    CLIP_WEIGHTS,
+    COOP,
+    FewShotSizes,
+    LayoutEntry,
+    parse_layout,
+    write_recipe_layout,
+)
+from zoo.recipe_index import is_tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_SCALE = sorted(
-    p for p in (ROOT / "recipes").glob("*/*.yaml") if p.name not in ("metafile.yaml", "tiny.yaml")
+    p
+    for p in (ROOT / "recipes").glob("*/*.yaml")
+    if p.name != "metafile.yaml" and not is_tiny_recipe(p)
 )
-EVAL_LINES = {
-    "ZeroShotEval": r"zero-shot top-1: \d+\.\d\d%",
-    "LinearProbeEval": r"linear probe \(\w+\) top-1: \d+\.\d\d%",
-    "KNNEval": r"kNN \(k=\d+",
-    "RetrievalEval": r"retrieval R@",
-}
+#: Classes of the generated copy of a few-shot dataset (CoCoOp's base / new halves: 2 + 2).
+FEWSHOT_CLASSES = 4
 
 
 def _id(path: Path) -> str:
@@ -53,16 +80,72 @@ def _shrink_model(init_args: dict) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("recipe", PAPER_SCALE, ids=_id)
-def test_paper_scale_recipe_runs_on_its_declared_layout(recipe, tmp_path, capsys, monkeypatch):
-    config = yaml.safe_load(recipe.read_text())
-    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]]
-    evals = [name for name in callbacks if name in EVAL_LINES]
-    assert evals, f"{recipe} declares no evaluation callback"
-
-    data_root = tmp_path / "data"
+def _pretraining_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
     written = write_recipe_layout(recipe, data_root, num_classes=1000)
     assert written, f"{recipe} declares no layout"
+    return [
+        "--data.batch_size=2",
+        "--data.image_size=32",
+        '--data.templates=["a photo of a {}."]',
+        *_shrink_model(config["model"]["init_args"]),
+    ]
+
+
+def _fewshot_args(
+    recipe: Path, config: dict, entries: list[LayoutEntry], data_root: Path
+) -> list[str]:
+    """Write the few-shot layout; point the recipe's ``clip.path`` at the weights copy and
+    give the data that model's image size."""
+    from zoo.backbones.convert import TINY_CLIP_ARCHS
+    from zoo.fewshot.clip_source import detect_source_format
+
+    data = config["data"]["init_args"]
+    datasets = [e.dataset for e in entries if e.format == COOP]
+    assert data.get("dataset") in datasets, (
+        f"{recipe}: data.dataset is {data.get('dataset')!r}, the header declares {datasets}"
+    )
+    sizes = FewShotSizes(shots=int(data.get("shots", 16)), classes=FEWSHOT_CLASSES)
+    write_recipe_layout(recipe, data_root, fewshot=sizes)
+    clip = config["model"]["init_args"].get("clip") or {}
+    if not clip.get("path"):  # a random-init encoder spec: nothing to point at
+        return []
+    name = Path(clip["path"]).name
+    weights = [e for e in entries if e.format == CLIP_WEIGHTS]
+    match = [e for e in weights if Path(e.path).name == name]
+    assert match, (
+        f"{recipe}: model.init_args.clip.path is {clip['path']}, but the header declares no "
+        f"'#   {name}: {CLIP_WEIGHTS} <format> <arch>' entry (declared: "
+        f"{[e.path for e in weights]})"
+    )
+    fmt, arch = match[0].weights
+    copy = data_root / name
+    declared = clip.get("format", "auto")
+    read_as = detect_source_format(str(copy)) if declared == "auto" else declared
+    assert read_as == fmt, (
+        f"{recipe}: the header declares {name} in {fmt} format, model.init_args.clip reads it "
+        f"as {read_as}"
+    )
+    return [
+        f"--model.init_args.clip.path={copy}",
+        f"--data.preprocess.image_size={TINY_CLIP_ARCHS[arch]['image_size']}",
+    ]
+
+
+def run_on_declared_layout(recipe: Path, tmp_path: Path, monkeypatch) -> None:
+    """``zoo fit`` ``recipe`` with ``fast_dev_run`` (training-free recipes: as they are) on a
+    tiny copy of its declared layout (see the module docstring for what is shrunk)."""
+    config = yaml.safe_load(recipe.read_text())
+    entries = parse_layout(recipe.read_text())
+    data_root = tmp_path / "data"
+    if any(e.format == COOP for e in entries):
+        args = _fewshot_args(recipe, config, entries, data_root)
+    else:
+        args = _pretraining_args(recipe, config, data_root)
+    if config["trainer"].get("max_epochs") != 0:
+        args.append("--trainer.fast_dev_run=1")
+    # else a training-free recipe (zero-shot CLIP, Tip-Adapter): fast_dev_run would force one
+    # training epoch on a module with nothing to train; the fit is its evaluation, on the
+    # whole (tiny) copy
     monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
     main(
         [
@@ -71,36 +154,123 @@ def test_paper_scale_recipe_runs_on_its_declared_layout(recipe, tmp_path, capsys
             str(recipe),
             "--data.root",
             str(data_root),
-            "--data.batch_size=2",
             "--data.num_workers=0",
             "--data.pin_memory=false",
-            "--data.image_size=32",
-            '--data.templates=["a photo of a {}."]',
-            *_shrink_model(config["model"]["init_args"]),
+            *args,
             "--trainer.accelerator=cpu",
             "--trainer.devices=1",
             "--trainer.num_nodes=1",
             "--trainer.strategy=auto",
             "--trainer.precision=32-true",
             "--trainer.sync_batchnorm=false",
-            "--trainer.fast_dev_run=1",
             f"--trainer.default_root_dir={tmp_path / 'run'}",
             f"--trainer.logger.init_args.save_dir={tmp_path / 'run'}",
         ]
     )
-    out = capsys.readouterr().out
-    for name in evals:
-        assert re.search(EVAL_LINES[name], out), f"{name} printed nothing:\n{out[-3000:]}"
 
 
 @pytest.mark.parametrize("recipe", PAPER_SCALE, ids=_id)
-def test_paper_scale_recipe_checkpoints_within_an_epoch(recipe):
-    """A kill in a multi-hour epoch must lose minutes, not the epoch."""
-    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
-    checkpoints = [
-        c.get("init_args", {}) for c in callbacks if c["class_path"].endswith("ModelCheckpoint")
+def test_paper_scale_recipe_runs_on_its_declared_layout(recipe, tmp_path, capsys, monkeypatch):
+    lines = eval_lines(yaml.safe_load(recipe.read_text()))
+    assert lines, f"{recipe} declares no evaluation callback"
+    run_on_declared_layout(recipe, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    for name, line in lines.items():
+        assert re.search(line, out), f"{name} printed nothing:\n{out[-3000:]}"
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+#: Classes of the few-shot protocol's datasets (CoOp's DATASETS.md / Table 1 of the CoOp paper).
+FEWSHOT_CLASS_COUNTS = {
+    "imagenet": 1000,
+    "caltech101": 100,
+    "oxford_pets": 37,
+    "stanford_cars": 196,
+    "oxford_flowers": 102,
+    "food101": 101,
+    "fgvc_aircraft": 100,
+    "sun397": 397,
+    "dtd": 47,
+    "eurosat": 10,
+    "ucf101": 101,
+}
+#: An epoch of at most this many optimiser steps is short (minutes on one GPU: CoOp's ImageNet
+#: 16-shot epoch is 500 steps); longer ones need a checkpoint within the epoch.
+LONG_EPOCH_STEPS = 1000
+
+
+def fewshot_epoch_steps(config: dict[str, Any]) -> int | None:
+    """Training steps per epoch of a few-shot recipe on a registered dataset (classes × shots
+    / batch; CoCoOp's base classes: the first ceil(C / 2); episodic data: one per episode),
+    ``None`` for other recipes (web-scale pre-training: epochs of hours) or unknown sizes."""
+    data = config["data"].get("init_args") or {}
+    classes = FEWSHOT_CLASS_COUNTS.get(data.get("dataset"))
+    shots = data.get("shots", 16)
+    if classes is None or not isinstance(shots, int) or shots <= 0:
+        return None
+    if data.get("subsample_classes", "all") != "all":
+        classes = math.ceil(classes / 2) if data["subsample_classes"] == "base" else classes // 2
+    if data.get("episode_way"):  # episodic training (SgVA-CLIP): one step per episode
+        return data.get("episodes_per_epoch") or math.ceil(classes / data["episode_way"])
+    batch = data.get("batch_size", 32) * config["trainer"].get("accumulate_grad_batches", 1)
+    return math.ceil(classes * shots / batch)
+
+
+def _checkpoints(config: dict) -> list[dict]:
+    return [
+        c.get("init_args") or {}
+        for c in config["trainer"]["callbacks"]
+        if c["class_path"].endswith("ModelCheckpoint")
     ]
+
+
+def _epoch_steps(recipe: Path) -> float:
+    """Steps per epoch: 0 for a training-free recipe (``max_epochs: 0``, nothing to resume),
+    ``inf`` when unknown (pre-training)."""
+    config = yaml.safe_load(recipe.read_text())
+    if config["trainer"].get("max_epochs") == 0:
+        return 0
+    return fewshot_epoch_steps(config) or math.inf
+
+
+LONG_EPOCHS = [p for p in PAPER_SCALE if _epoch_steps(p) > LONG_EPOCH_STEPS]
+
+
+@pytest.mark.parametrize("recipe", LONG_EPOCHS, ids=_id)
+def test_long_epoch_recipe_checkpoints_within_an_epoch(recipe):
+    """A kill in a multi-hour epoch must lose minutes, not the epoch.
+
+    Only recipes with long epochs: pre-training (web-scale epochs of hours) and few-shot
+    recipes of more than :data:`LONG_EPOCH_STEPS` optimiser steps an epoch (CoCoOp's batch 1
+    on ImageNet: 8,000). A few-shot epoch is K images per class (ImageNet 16-shot: 16,000
+    images, 500 steps of 32, minutes on one GPU), so the epoch-end ``last.ckpt`` loses at
+    most minutes (:func:`test_short_epoch_recipe_checkpoints_every_epoch`). A within-epoch
+    interval must fire within the epoch when the epoch's length is known."""
+    config = yaml.safe_load(recipe.read_text())
+    checkpoints = _checkpoints(config)
     within = [
         c for c in checkpoints if c.get("every_n_train_steps") or c.get("train_time_interval")
     ]
     assert within and all(c.get("save_last") for c in within), checkpoints
+    steps = fewshot_epoch_steps(config)
+    if steps is not None:
+        every = [c["every_n_train_steps"] for c in within if c.get("every_n_train_steps")]
+        assert any(n < steps for n in every) or any(c.get("train_time_interval") for c in within), (
+            f"every_n_train_steps {every} never fires within an epoch of {steps} steps"
+        )
+
+
+SHORT_EPOCHS = [p for p in PAPER_SCALE if 0 < _epoch_steps(p) <= LONG_EPOCH_STEPS]
+
+
+@pytest.mark.parametrize("recipe", SHORT_EPOCHS, ids=_id)
+def test_short_epoch_recipe_checkpoints_every_epoch(recipe):
+    """A short-epoch (few-shot) recipe writes ``last.ckpt`` at least every epoch, so a kill
+    loses at most one epoch (minutes) and ``--ckpt_path last`` resumes."""
+    checkpoints = _checkpoints(yaml.safe_load(recipe.read_text()))
+    every_epoch = [
+        c
+        for c in checkpoints
+        if c.get("save_last") and c.get("every_n_epochs", 1) == 1 and "every_n_train_steps" not in c
+    ]
+    assert every_epoch, checkpoints

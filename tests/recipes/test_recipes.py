@@ -11,11 +11,12 @@ import yaml
 from tests.cli_helpers import eval_lines
 from tests.cli_helpers import fail as _fail
 from zoo.cli import main
+from zoo.recipe_index import is_tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.name != "metafile.yaml")
-TINY = [p for p in RECIPES if p.name == "tiny.yaml"]
-PAPER_SCALE = [p for p in RECIPES if p.name != "tiny.yaml"]
+TINY = [p for p in RECIPES if is_tiny_recipe(p)]
+PAPER_SCALE = [p for p in RECIPES if not is_tiny_recipe(p)]
 #: The papers' global batch: CLIP / SLIP, 64 per GPU x 8 GPUs x 8 nodes.
 GLOBAL_BATCH = {"clip": 4096, "slip": 4096}
 

@@ -84,6 +84,7 @@ __all__ = [
     "is_openai_resnet_state",
     "load_state_file",
     "openai_clip_spec",
+    "tiny_openai_state_dict",
 ]
 
 #: timm architecture used for every converted CLIP vision tower: a ViT with ``pre_norm=True``
@@ -775,3 +776,77 @@ def export_openai_state_dict(model: DualEncoder) -> dict[str, Tensor]:
     if zoo:
         raise ValueError(f"zoo weights with no OpenAI counterpart: {sorted(zoo)}")
     return out
+
+
+# --------------------------------------------------------------------------- tiny stand-ins
+
+#: The CLIP families :func:`tiny_openai_state_dict` writes a tiny stand-in of: OpenAI's
+#: ModifiedResNets by stage depths (the timm CLIP ResNet of those depths), OpenAI's ViTs by
+#: patch size; and the default input size of the stand-in, small enough for a CPU smoke test
+#: (a ResNet at 32 px: a 1 × 1 attention-pool grid plus the mean token, since its cost on a
+#: CPU is the per-layer overhead of 50 layers; a ViT at a 2 × 2 to 4 × 4 patch grid).
+TINY_CLIP_ARCHS: dict[str, dict[str, Any]] = {
+    "rn50": {"depths": (3, 4, 6, 3), "image_size": 32},
+    "rn101": {"depths": (3, 4, 23, 3), "image_size": 32},
+    "vit-b32": {"patch_size": 32, "image_size": 64},
+    "vit-b16": {"patch_size": 16, "image_size": 64},
+    "vit-l14": {"patch_size": 14, "image_size": 56},
+}
+#: The text side of every stand-in: OpenAI's BPE vocabulary and 77-token context (so the
+#: recipes' ``clip-bpe`` tokenizer and prompts run unchanged), one 64-wide layer, one head.
+_TINY_TEXT = TextSpec(vocab_size=49408, width=64, layers=1, heads=1, context_length=77)
+_TINY_RESNET_WIDTH = 8  # ModifiedResNet width (RN50: 64): attention pool 256 wide, 4 heads
+_TINY_VIT_WIDTH = 64  # one 64-wide head: OpenAI's head count is width // 64
+_TINY_EMBED_DIM = 32
+
+
+def tiny_openai_state_dict(
+    arch: str, image_size: int | None = None, seed: int = 0
+) -> dict[str, Tensor]:
+    """A randomly initialised *tiny* CLIP of the ``arch`` family (:data:`TINY_CLIP_ARCHS`) in
+    OpenAI's state-dict layout, as in OpenAI's released files: same keys (including the
+    ``input_resolution`` / ``context_length`` / ``vocab_size`` metadata), QuickGELU, logit
+    scale ln 100. A ResNet keeps its family's stage depths at width 8 (attention pool with
+    64-wide heads); a ViT is one 64-wide block at the family's patch size. The text tower has
+    CLIP's vocabulary and context. For smoke tests of recipes whose frozen CLIP is a weights
+    file (``zoo.data.layouts``'s ``clip-weights`` entries): the file goes through the same
+    loader as the real one (:func:`dual_encoder_from_openai_state_dict`).
+
+    ``image_size``: the input side (default: the arch's tiny size); a multiple of 32 for a
+    ResNet, of the patch size for a ViT.
+    """
+    if arch not in TINY_CLIP_ARCHS:
+        raise ValueError(f"no tiny CLIP for arch {arch!r}; known: {sorted(TINY_CLIP_ARCHS)}")
+    family = TINY_CLIP_ARCHS[arch]
+    size = int(image_size or family["image_size"])
+    stride = 32 if "depths" in family else family["patch_size"]
+    if size % stride:
+        raise ValueError(f"tiny {arch}: image_size {size} is not a multiple of {stride}")
+    if "depths" in family:
+        by_depths = _timm_clip_resnets()
+        if family["depths"] not in by_depths:
+            raise NotImplementedError(f"timm has no CLIP ResNet with depths {family['depths']}")
+        name, _ = by_depths[family["depths"]]
+        kwargs = {"num_classes": _TINY_EMBED_DIM, "width_factor": _TINY_RESNET_WIDTH / 64}
+        vision = VisionSpec(model_name=name, img_size=size, kwargs=kwargs)
+    else:
+        width = _TINY_VIT_WIDTH
+        vision = _vision_spec(
+            image_size=size,
+            patch_size=family["patch_size"],
+            width=width,
+            layers=1,
+            heads=width // 64,
+            mlp_hidden=4 * width,
+            act="quick_gelu",
+            eps=_TIMM_CLIP_LN_EPS,
+        )
+    spec = DualEncoderSpec(vision=vision, text=_TINY_TEXT, embed_dim=_TINY_EMBED_DIM)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _new_model(spec, LOG_100)
+    state = export_openai_state_dict(model)
+    state["input_resolution"] = torch.tensor(size)
+    state["context_length"] = torch.tensor(_TINY_TEXT.context_length)
+    state["vocab_size"] = torch.tensor(_TINY_TEXT.vocab_size)
+    return state

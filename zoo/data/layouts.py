@@ -15,6 +15,35 @@ other column is caption text. :func:`write_recipe_layout` parses that header and
 tiny copy (generated JPEGs); the test suite then fits the recipe on it with its own
 evaluation callbacks, so a recipe whose config does not read the layout it declares fails.
 
+Two more kinds of entry serve the few-shot recipes (a CoOp dataset folder and a frozen CLIP
+from a weights file)::
+
+    # Layout under data.root (...):
+    #   imagenet/: coop imagenet
+    #   RN50.pt: clip-weights openai rn50
+
+- ``<folder>/: coop <dataset>``: the folder of a registered few-shot dataset
+  (:data:`zoo.fewshot.datasets.DATASETS`; ``<folder>`` must be the registry's, e.g.
+  ``caltech-101/`` for ``caltech101``) in the layout
+  :class:`~zoo.data.fewshot_datamodule.FewShotDataModule` reads: images under the entry's
+  image folder plus its CoOp split file (``split_zhou_<Dataset>.json``: train / val / test
+  lists of ``[relpath, label, classname]``), or the raw layout for the datasets read without
+  one: ImageNet (``classnames.txt`` with 1000 ``<wnid> <name>`` lines, images in
+  ``images/{train,val}/<wnid>/`` for the first ``classes`` of them; the class count is the
+  number of folders, so the recipe's head follows the generated data) and FGVCAircraft
+  (``variants.txt``, ``images_variant_{train,val,test}.txt``, ``images/``). Sizes come from
+  :class:`FewShotSizes`: each of ``classes`` classes gets ``shots`` training images (the
+  recipe's ``data.shots``), ``min(shots, 4)`` validation images (ImageNet: both in
+  ``images/train``) and ``test_images`` test images;
+- ``<file>: clip-weights <format> <arch>``: the frozen CLIP's weights file, the one
+  ``model.init_args.clip.path`` names (the entry gives its file name; the copy is written
+  under the root and the test points ``clip.path`` at it), as a *tiny* CLIP of the same
+  family (:func:`zoo.backbones.convert.tiny_openai_state_dict`: ``arch`` one of
+  :data:`~zoo.backbones.convert.TINY_CLIP_ARCHS`, ``rn50``, ``vit-b16`` …) in that format
+  (``openai``: OpenAI's state-dict layout; ``.safetensors`` by suffix, else a tensor-only
+  torch file), at input size ``FewShotSizes.image_size`` (default: the arch's tiny size;
+  the data must then be given that size), so the recipe's own loader path runs on it.
+
 :func:`write_layout` writes the layout a datamodule's ``init_args`` would read instead (a
 fixture for tests of the data code).
 """
@@ -22,6 +51,7 @@ fixture for tests of the data code).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -36,19 +66,50 @@ from PIL import Image
 from zoo.data.splits import SPLITS, as_spec
 
 FORMATS = ("csv", "jsonl", "webdataset", "imagefolder")
+#: A CoOp dataset folder (``<folder>/: coop <dataset>``).
+COOP = "coop"
+#: A frozen CLIP's weights file (``<file>: clip-weights <format> <arch>``).
+CLIP_WEIGHTS = "clip-weights"
+#: The weight formats a ``clip-weights`` entry can be written in.
+WEIGHT_FORMATS = ("openai",)
+KINDS = (*FORMATS, COOP, CLIP_WEIGHTS)
 LABEL_COLUMNS = ("label", "cls")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _HEADER = re.compile(r"^#\s*Layout under data\.root")
 _ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+(?P<format>[a-z]+)\s+(?P<columns>[\w;,.-]+)\s*$")
+_WEIGHTS_ENTRY = re.compile(
+    r"^#\s+(?P<path>\S+):\s+clip-weights\s+(?P<format>[a-z_]+)\s+(?P<arch>[a-z0-9-]+)\s*$"
+)
+_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights)(\s|$)")
+_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: CoOp's validation shots per class: ``min(K, 4)`` (zoo.fewshot.splits.VAL_SHOTS_MAX).
+_VAL_SHOTS_MAX = 4
+#: Images per class of a ``coop`` entry when the recipe takes every image (shots <= 0).
+_ALL_SHOTS = 2
 
 
 @dataclass(frozen=True)
 class LayoutEntry:
-    """One declared file (or shard pattern / folder) under ``data.root``."""
+    """One declared file (or shard pattern / folder) under ``data.root``. ``columns`` of a
+    ``coop`` entry: ``(dataset,)``; of a ``clip-weights`` entry: ``(format, arch)``."""
 
     path: str
     format: str
     columns: tuple[str, ...]
+
+    @property
+    def dataset(self) -> str:
+        """The registry name of a ``coop`` entry."""
+        if self.format != COOP:
+            raise ValueError(f"{self.path}: a {self.format} entry names no few-shot dataset")
+        return self.columns[0]
+
+    @property
+    def weights(self) -> tuple[str, str]:
+        """``(format, arch)`` of a ``clip-weights`` entry."""
+        if self.format != CLIP_WEIGHTS:
+            raise ValueError(f"{self.path}: a {self.format} entry names no CLIP weights")
+        return self.columns[0], self.columns[1]
 
     @property
     def image_column(self) -> str:
@@ -76,24 +137,106 @@ def parse_layout(header: str) -> list[LayoutEntry]:
             continue
         if not inside:
             continue
+        weights = _WEIGHTS_ENTRY.match(line)
         match = _ENTRY.match(line)
+        if weights is not None:
+            entries.append(_weights_entry(line, weights))
+            continue
+        if match is None and _NEW_KIND.match(line):
+            raise ValueError(
+                f"layout entry {line.strip()!r} is malformed: the syntax is "
+                f"'#   <folder>/: {COOP} <dataset>' or '#   <file>: {CLIP_WEIGHTS} <format> <arch>'"
+            )
         if match is None:
             if entries:  # the block ends at the first line after its entries
                 break
             continue  # the block's own explanatory lines
         fmt = match["format"]
+        if fmt == COOP:
+            entries.append(_coop_entry(line, match["path"], match["columns"]))
+            continue
         if fmt not in FORMATS:
-            raise ValueError(f"layout entry {line.strip()!r}: format must be one of {FORMATS}")
+            raise ValueError(
+                f"layout entry {line.strip()!r}: format must be one of {KINDS} "
+                f"('<folder>/: {COOP} <dataset>', '<file>: {CLIP_WEIGHTS} <format> <arch>')"
+            )
         columns = tuple(c for c in re.split(r"[,;]", match["columns"]) if c)
         entries.append(LayoutEntry(match["path"], fmt, columns))
     return entries
 
 
+def _coop_entry(line: str, path: str, dataset: str) -> LayoutEntry:
+    """``<folder>/: coop <dataset>``, checked against the few-shot registry."""
+    from zoo.fewshot.datasets import DATASETS
+
+    syntax = f"'#   <folder>/: {COOP} <dataset>', e.g. '#   caltech-101/: {COOP} caltech101'"
+    if not _DATASET_NAME.match(dataset) or dataset not in DATASETS:
+        raise ValueError(
+            f"layout entry {line.strip()!r}: {dataset!r} is not a registered few-shot dataset "
+            f"(zoo.fewshot.datasets: {sorted(DATASETS)}); the syntax is {syntax}"
+        )
+    info = DATASETS[dataset]
+    if info.generated:
+        raise ValueError(
+            f"layout entry {line.strip()!r}: {dataset} is generated by the datamodule "
+            "itself; it needs no layout entry"
+        )
+    if not path.endswith("/") or path.rstrip("/") != info.folder:
+        raise ValueError(
+            f"layout entry {line.strip()!r}: {dataset} is read from data.root/{info.folder}/ "
+            f"(its registry folder), so the entry is '#   {info.folder}/: {COOP} {dataset}'"
+        )
+    return LayoutEntry(path, COOP, (dataset,))
+
+
+def _weights_entry(line: str, match: re.Match[str]) -> LayoutEntry:
+    """``<file>: clip-weights <format> <arch>``, checked against what can be generated."""
+    from zoo.backbones.convert import TINY_CLIP_ARCHS
+
+    fmt, arch = match["format"], match["arch"]
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(
+            f"layout entry {line.strip()!r}: {CLIP_WEIGHTS} format must be one of {WEIGHT_FORMATS}"
+        )
+    if arch not in TINY_CLIP_ARCHS:
+        raise ValueError(
+            f"layout entry {line.strip()!r}: {CLIP_WEIGHTS} arch must be one of "
+            f"{sorted(TINY_CLIP_ARCHS)}"
+        )
+    if match["path"].endswith("/"):
+        raise ValueError(f"layout entry {line.strip()!r}: {CLIP_WEIGHTS} names a file")
+    return LayoutEntry(match["path"], CLIP_WEIGHTS, (fmt, arch))
+
+
+@dataclass(frozen=True)
+class FewShotSizes:
+    """How much a ``coop`` / ``clip-weights`` entry writes: ``classes`` classes with ``shots``
+    training, ``min(shots, 4)`` validation and ``test_images`` test images each (``shots``
+    <= 0, a recipe that takes every image: 2 training images); CLIP weights at input size
+    ``image_size`` (``None``: the arch's tiny size)."""
+
+    shots: int = 16
+    classes: int = 4
+    test_images: int = 2
+    image_size: int | None = None
+
+    @property
+    def per_split(self) -> dict[str, int]:
+        train = self.shots if self.shots > 0 else _ALL_SHOTS
+        return {"train": train, "val": min(train, _VAL_SHOTS_MAX), "test": self.test_images}
+
+
 def write_recipe_layout(
-    recipe: str | Path, root: str | Path, samples: int = 4, num_classes: int = 10, seed: int = 0
+    recipe: str | Path,
+    root: str | Path,
+    samples: int = 4,
+    num_classes: int = 10,
+    seed: int = 0,
+    fewshot: FewShotSizes | None = None,
 ) -> dict[str, list[Path]]:
     """Write a tiny copy of the layout ``recipe`` declares in its header under ``root``;
-    returns the files written per declared path."""
+    returns the files written per declared path. ``fewshot`` sizes the ``coop`` and
+    ``clip-weights`` entries (default :class:`FewShotSizes`)."""
     text = Path(recipe).read_text()
     entries = parse_layout(text)
     if not entries:
@@ -101,18 +244,32 @@ def write_recipe_layout(
             f"{recipe} declares no data layout: add a '# Layout under data.root' header block "
             "with one '#   <path>: <format> <columns>' line per file"
         )
-    return write_entries(entries, root, samples, num_classes, seed)
+    return write_entries(entries, root, samples, num_classes, seed, fewshot)
 
 
 def write_entries(
-    entries: list[LayoutEntry], root: str | Path, samples: int, num_classes: int, seed: int = 0
+    entries: list[LayoutEntry],
+    root: str | Path,
+    samples: int,
+    num_classes: int,
+    seed: int = 0,
+    fewshot: FewShotSizes | None = None,
 ) -> dict[str, list[Path]]:
     root = Path(root)
     rng = np.random.default_rng(seed)
+    fewshot = fewshot or FewShotSizes()
     written = {}
     for entry in entries:
         path = Path(entry.path)
         path = path if path.is_absolute() else root / path
+        if entry.format == COOP:
+            written[entry.path] = _write_coop(root, entry.dataset, fewshot, rng)
+            continue
+        if entry.format == CLIP_WEIGHTS:
+            # the weights live wherever clip.path says: the copy goes under the root
+            target = root / path.name if path.is_absolute() else path
+            written[entry.path] = _write_clip_weights(target, *entry.weights, fewshot, seed)
+            continue
         labels = [i % num_classes for i in range(samples)]
         rows = [
             {
@@ -227,3 +384,108 @@ def _write_imagefolder(path: Path, rows: list[dict], entry: LayoutEntry) -> list
         records.append(_record(row, entry, f"{i:06d}.jpg"))
     _write_csv(path / "metadata.csv", records)
     return [path]
+
+
+# --- few-shot entries -------------------------------------------------------------------------
+def _write_coop(
+    root: Path, dataset: str, sizes: FewShotSizes, rng: np.random.Generator
+) -> list[Path]:
+    """A tiny copy of a registered few-shot dataset's folder (see the module docstring)."""
+    from zoo.fewshot.datasets import get_dataset
+
+    info = get_dataset(dataset)
+    folder = info.dataset_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    if info.name == "imagenet":
+        return _write_imagenet(folder, sizes, rng)
+    if info.name == "fgvc_aircraft":
+        return _write_fgvc(folder, sizes, rng)
+    if info.split_file is None:
+        raise NotImplementedError(
+            f"{dataset}: a dataset read from its raw layout (no split file) has no generator"
+        )
+    images = info.images(root)
+    split: dict[str, list[list[Any]]] = {}
+    for name, count in sizes.per_split.items():
+        split[name] = []
+        for label in range(sizes.classes):
+            classname = f"class_{label}"
+            for i in range(count):
+                rel = f"{classname}/{name}_{i:04d}.jpg"
+                _save(images / rel, _image_bytes(rng, label))
+                split[name].append([rel, label, classname])
+    split_file = folder / info.split_file
+    split_file.write_text(json.dumps(split, indent=4))
+    return [split_file, images]
+
+
+def _write_imagenet(folder: Path, sizes: FewShotSizes, rng: np.random.Generator) -> list[Path]:
+    """``classnames.txt`` (1000 ``<wnid> <name>`` lines) and ``images/{train,val}/<wnid>/``
+    for the first ``sizes.classes`` wnids: train holds the training and validation shots
+    (ImageNet has no validation list), val the test images."""
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    names = folder / "classnames.txt"
+    names.write_text("".join(f"{w} imagenet class {i}\n" for i, w in enumerate(wnids)))
+    per = sizes.per_split
+    counts = {"train": per["train"] + per["val"], "val": per["test"]}
+    for split, count in counts.items():
+        for label, wnid in enumerate(wnids[: sizes.classes]):
+            for i in range(count):
+                _save(
+                    folder / "images" / split / wnid / f"{wnid}_{i}.JPEG", _image_bytes(rng, label)
+                )
+    return [names, folder / "images"]
+
+
+def _write_fgvc(folder: Path, sizes: FewShotSizes, rng: np.random.Generator) -> list[Path]:
+    """``variants.txt`` and ``images_variant_{train,val,test}.txt`` (``<image id> <variant>``
+    lines) over ``images/<image id>.jpg``."""
+    variants = [f"variant {label}" for label in range(sizes.classes)]
+    (folder / "variants.txt").write_text("".join(v + "\n" for v in variants))
+    written = [folder / "variants.txt", folder / "images"]
+    n = 0
+    for split, count in sizes.per_split.items():
+        lines = []
+        for label, variant in enumerate(variants):
+            for _ in range(count):
+                image_id = f"{n:07d}"
+                n += 1
+                _save(folder / "images" / f"{image_id}.jpg", _image_bytes(rng, label))
+                lines.append(f"{image_id} {variant}\n")
+        listing = folder / f"images_variant_{split}.txt"
+        listing.write_text("".join(lines))
+        written.append(listing)
+    return written
+
+
+def _write_clip_weights(
+    path: Path, fmt: str, arch: str, sizes: FewShotSizes, seed: int
+) -> list[Path]:
+    """A tiny ``arch`` CLIP in ``fmt`` at ``path`` (``.safetensors`` by suffix, else a
+    tensor-only torch file, which loads without trusting pickles)."""
+    import torch
+
+    assert fmt in WEIGHT_FORMATS, fmt
+    state = _tiny_state(arch, sizes.image_size, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return [path]
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_state(arch: str, image_size: int | None, seed: int) -> dict[str, Any]:
+    """:func:`~zoo.backbones.convert.tiny_openai_state_dict`, built once per process (a test
+    session writes the same stand-in for many recipes; the tensors are only read)."""
+    from zoo.backbones.convert import tiny_openai_state_dict
+
+    return tiny_openai_state_dict(arch, image_size, seed)
+
+
+def _save(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)

@@ -181,7 +181,9 @@ class FewShotModule(ZooModule):
         acc = (logits.argmax(dim=-1) == batch["label"]).float().mean() * 100
         return {"loss": loss, "acc": acc.detach()}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if not any(p.requires_grad for p in self.parameters()):
+            return None  # training-free (fast_dev_run still runs one step): nothing to fit
         terms = self.loss_terms(batch)
         self.log_losses(terms, batch_size=len(batch["label"]))
         return terms["loss"]
