@@ -97,17 +97,28 @@ class LinearHead(ClipHead):
 class AdapterHead(ClipHead):
     """CLIP-Adapter (Gao et al., 2021; github.com/gaopengcuhk/CLIP-Adapter ``clip_adapter.py``):
     a bottleneck MLP ``Linear(D, D/r, bias=False) → ReLU → Linear(D/r, D, bias=False) → ReLU``
-    mixed with the frozen feature, ``x = α·A(f) + (1 − α)·f``, then cosine logits against the
-    zero-shot text classifier (stored as buffer ``text_weights``, (C, D), unit rows) at
-    CLIP's scale exp(t)."""
+    mixed with the frozen feature, ``x = α·A(f) + (1 − α)·f`` (:meth:`adapt`: on the raw,
+    unnormalised feature, as the code), then cosine logits against the zero-shot text
+    classifier (stored as buffer ``text_weights``, (C, D), unit rows) at CLIP's scale exp(t).
+
+    The residual ratio α is the fixed ``ratio`` (the code's ``ratio = 0.2``); with
+    ``learnable_ratio`` it is a parameter ``learned_ratio`` initialised to ``ratio`` (the
+    variant SgVA-CLIP's adapter uses), and ``ratio`` in the config is its initial value.
+    """
 
     type_name = "adapter"
 
     def __init__(
-        self, embed_dim: int, classnames: list[str], reduction: int = 4, ratio: float = 0.2
+        self,
+        embed_dim: int,
+        classnames: list[str],
+        reduction: int = 4,
+        ratio: float = 0.2,
+        learnable_ratio: bool = False,
     ):
         super().__init__(classnames)
         self.embed_dim, self.reduction, self.ratio = int(embed_dim), int(reduction), float(ratio)
+        self.learnable_ratio = bool(learnable_ratio)
         hidden = self.embed_dim // self.reduction
         self.adapter = nn.Sequential(
             nn.Linear(self.embed_dim, hidden, bias=False),
@@ -115,23 +126,38 @@ class AdapterHead(ClipHead):
             nn.Linear(hidden, self.embed_dim, bias=False),
             nn.ReLU(inplace=True),
         )
+        if self.learnable_ratio:
+            self.learned_ratio = nn.Parameter(torch.tensor(self.ratio))
         self.register_buffer("text_weights", torch.zeros(len(self.classnames), self.embed_dim))
 
     def to_config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "embed_dim": self.embed_dim,
             "classnames": list(self.classnames),
             "reduction": self.reduction,
             "ratio": self.ratio,
         }
+        if self.learnable_ratio:  # older packages have no such key: it defaults to False
+            config["learnable_ratio"] = True
+        return config
 
     def class_weights(self, encoder: DualEncoder) -> torch.Tensor:
         return self.text_weights
 
+    def adapt(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``x = α·A(f) + (1 − α)·f`` (unnormalised)."""
+        ratio = self.learned_ratio if self.learnable_ratio else self.ratio
+        return ratio * self.adapter(image_features) + (1 - ratio) * image_features
+
+    def scaled_logits(
+        self, encoder: DualEncoder, adapted: torch.Tensor, text_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """``exp(t) · x̂ Wᵀ`` of an adapted feature x (the code's
+        ``logit_scale * image_features @ text_features.t()``)."""
+        return encoder.logit_scale.exp() * F.normalize(adapted, dim=-1) @ text_weights.t()
+
     def logits(self, encoder: DualEncoder, image_features: torch.Tensor) -> torch.Tensor:
-        x = self.ratio * self.adapter(image_features) + (1 - self.ratio) * image_features
-        x = F.normalize(x, dim=-1)
-        return encoder.logit_scale.exp() * x @ self.text_weights.t()
+        return self.scaled_logits(encoder, self.adapt(image_features), self.text_weights)
 
 
 class CLIPWithHead(nn.Module):

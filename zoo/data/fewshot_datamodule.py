@@ -114,9 +114,11 @@ class FewShotDataModule(ZooDataModule):
             datasets; ``shifted_digits`` defaults to the zoo cache); for ``custom``, the
             folder ``split_file`` / ``image_dir`` are relative to.
         dataset: a registered name (:data:`zoo.fewshot.datasets.DATASETS`) or ``"custom"``.
-        split_file / image_dir: ``custom``: the split JSON and the image folder its paths
-            start from (default: the split file's folder); registered datasets: overrides,
-            relative to the dataset folder.
+        split_file: ``custom``: the split JSON; registered datasets: an override, relative
+            to the dataset folder.
+        image_dir: the image folder the split's paths start from (``custom`` default: the
+            split file's folder; registered datasets: an override, relative to the dataset
+            folder).
         shots: K images per class in train (val gets ``min(K, 4)``); ``<= 0``: all.
         fewshot_seed: the protocol's seed (1, 2, 3).
         subsample_classes: ``all``, or CoCoOp's ``base`` / ``new`` half.

@@ -330,7 +330,8 @@ def fewshot_features(
             :class:`~zoo.backbones.DualEncoder` (keyed by :func:`state_sha256` of its weights).
         datamodule: a ``FewShotDataModule`` (``build_dataset``, ``dataset_id``,
             ``preprocess``, ``eval_batch_size``, ``fewshot_seed``, ``num_workers``).
-        split, transform: ``datamodule.build_dataset(split, transform)``.
+        split: the split of ``datamodule.build_dataset(split, transform)``.
+        transform: its transform name (``"eval"``, ``"coop"``, ``"tip"`` …).
         aug_pass: augmentation pass p, deterministic per ``(protocol seed, p, index)``; must
             be 0 for ``"eval"`` (deterministic, one pass).
         kind: ``"embed"`` (``encode_image``) or ``"trunk"`` (pre-projection feature x).

@@ -154,6 +154,18 @@ class FewShotModule(ZooModule):
             self.configure_classes(
                 stored["classnames"], stored["templates"], _checkpoint_tokenizer(checkpoint)
             )
+        elif list(stored["classnames"]) != self.classnames:
+            # e.g. `zoo validate` of a base-trained checkpoint on the new classes: a prompt
+            # learner writes prompts for the data's names; a head with per-class weights
+            # would score the data's classes with the stored classes' weights
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"the checkpoint's head was trained for {len(stored['classnames'])} classes "
+                f"{stored['classnames'][:3]}…, the data has {len(self.classnames or [])} "
+                f"{(self.classnames or [])[:3]}…; {type(self.head).__name__} keeps the data's "
+                "class names"
+            )
 
     # --- training ---------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any] | None:
