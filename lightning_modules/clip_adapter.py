@@ -43,24 +43,13 @@ from torch import Tensor
 
 from zoo.backbones.clip_head import AdapterHead
 from zoo.fewshot.clip_source import CLIPSource
-from zoo.fewshot.module import FewShotModule
+from zoo.fewshot.module import DASSL_SGD_OPTIM, FewShotModule
 from zoo.optim import OptimSpec, merge_onto
 from zoo.protocols import FeatureKind, Tokenizer
 
 # CoOp's configs/trainers/CoOp/rn50.yaml + Dassl defaults (SGD momentum 0.9, weight decay
 # 5e-4, one decayed group), the configs CLIP-Adapter's README says to run it with.
-CLIP_ADAPTER_OPTIM = OptimSpec(
-    optimizer="sgd",
-    lr=0.002,
-    momentum=0.9,
-    weight_decay=5e-4,
-    groups="all",
-    schedule="constant_warmup_cosine",
-    interval="epoch",
-    warmup_epochs=1.0,
-    warmup_lr=1e-5,
-    min_lr=0.0,
-)
+CLIP_ADAPTER_OPTIM = DASSL_SGD_OPTIM
 
 
 class ClipAdapter(FewShotModule):

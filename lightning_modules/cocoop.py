@@ -43,25 +43,14 @@ import torch
 from torch import Tensor
 
 from zoo.fewshot.clip_source import CLIPSource
-from zoo.fewshot.module import FewShotModule
+from zoo.fewshot.module import DASSL_SGD_OPTIM, FewShotModule
 from zoo.fewshot.prompts import ClassTokenPosition, CoCoOpHead, PromptLayout, PromptLearner
 from zoo.optim import OptimSpec, merge_onto
 from zoo.protocols import ProtocolUnavailable, Template, Tokenizer
 
 # Dassl OPTIM defaults and configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml: SGD,
 # lr 0.002, momentum 0.9, weight decay 5e-4, cosine per epoch, 1 constant warm-up epoch at 1e-5.
-COCOOP_OPTIM = OptimSpec(
-    optimizer="sgd",
-    lr=0.002,
-    momentum=0.9,
-    weight_decay=5e-4,
-    groups="all",
-    schedule="constant_warmup_cosine",
-    interval="epoch",
-    warmup_epochs=1.0,
-    warmup_lr=1e-5,
-    min_lr=0.0,
-)
+COCOOP_OPTIM = DASSL_SGD_OPTIM
 
 
 class CoCoOp(FewShotModule):

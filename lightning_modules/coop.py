@@ -44,7 +44,7 @@ from typing import Any
 from torch import Tensor
 
 from zoo.fewshot.clip_source import CLIPSource
-from zoo.fewshot.module import FewShotModule
+from zoo.fewshot.module import DASSL_SGD_OPTIM, FewShotModule
 from zoo.fewshot.prompts import ClassTokenPosition, CoOpHead, PromptLearner
 from zoo.optim import OptimSpec, merge_onto
 from zoo.protocols import ProtocolUnavailable, Template, Tokenizer
@@ -52,18 +52,7 @@ from zoo.protocols import ProtocolUnavailable, Template, Tokenizer
 # Dassl OPTIM defaults (SGD momentum 0.9, weight decay 5e-4, all parameters decayed) and
 # configs/trainers/CoOp/*.yaml: lr 0.002, cosine, WARMUP_EPOCH 1 of type "constant" at
 # WARMUP_CONS_LR 1e-5, stepped once per epoch.
-COOP_OPTIM = OptimSpec(
-    optimizer="sgd",
-    lr=0.002,
-    momentum=0.9,
-    weight_decay=5e-4,
-    groups="all",
-    schedule="constant_warmup_cosine",
-    interval="epoch",
-    warmup_epochs=1.0,
-    warmup_lr=1e-5,
-    min_lr=0.0,
-)
+COOP_OPTIM = DASSL_SGD_OPTIM
 
 
 class CoOp(FewShotModule):

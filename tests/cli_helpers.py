@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fail(args: list[str], capsys) -> str:
@@ -42,3 +48,22 @@ def eval_lines(config: dict[str, Any]) -> dict[str, str]:
         else:
             lines[name] = EVAL_LINES[name]
     return lines
+
+
+def copy_project(dest: Path, extra: Sequence[str] = ()) -> None:
+    """The files a clone has (tracked plus untracked-but-not-ignored: not runs/ or caches),
+    without the released models, benchmarks and results, plus the ``extra`` folders (e.g.
+    ``checkpoints/clip-vit-tiny-digits`` for a recipe that adapts it)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("checkpoints/", "benchmarks/", "results/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for folder in extra:
+        shutil.copytree(ROOT / folder, dest / folder)

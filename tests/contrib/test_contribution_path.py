@@ -8,7 +8,6 @@ puts it in the generated README. A core change that breaks this path fails here.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli_helpers import copy_project
 from zoo.docs import render_readme
 from zoo.ledger import validate_metafile
 from zoo.recipe_index import Paper
@@ -115,21 +115,6 @@ def test_temperature_stays_fixed_through_training_steps():
 '''
 
 
-def _copy_project(dest: Path) -> None:
-    """The files a clone has: tracked plus untracked-but-not-ignored (not runs/ or caches)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("checkpoints/", "benchmarks/", "results/")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
 def _run(copy: Path, *args: str, ok: bool = True) -> str:
     env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1"}
     env.pop("VL_ZOO_RECIPES", None)  # the copy's recipes, not the checkout's
@@ -183,7 +168,7 @@ def _finish_scaffold(copy: Path) -> None:
 @pytest.mark.slow
 def test_contribution_path(tmp_path):
     copy = tmp_path / "project"
-    _copy_project(copy)
+    copy_project(copy)
 
     # 1. the scaffold: five parts, refused twice, runs as generated, but is not a paper
     out = _zoo(copy, "new", SLUG, "--family", "contrastive")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli_helpers import copy_project
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = {"toy_fewshot": "fewshot", "toy_ssl": "ssl"}
@@ -81,25 +82,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _copy_project(dest: Path) -> None:
-    """The files a clone has (tracked plus untracked-but-not-ignored), as the contribution-path
-    test copies them, plus the released tiny CLIP the fewshot tiny recipe adapts."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("checkpoints/", "benchmarks/", "results/")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    shutil.copytree(
-        ROOT / "checkpoints/clip-vit-tiny-digits", dest / "checkpoints/clip-vit-tiny-digits"
-    )
-
-
 def _run(copy: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1"}
     env.pop("VL_ZOO_RECIPES", None)  # the copy's recipes, not the checkout's
@@ -111,7 +93,7 @@ def _run(copy: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def scaffolded(tmp_path_factory) -> tuple[Path, dict]:
     copy = tmp_path_factory.mktemp("project")
-    _copy_project(copy)
+    copy_project(copy, ["checkpoints/clip-vit-tiny-digits"])
     done = _run(copy, "-c", SCRIPT, *(f"{s}:{f}" for s, f in FAMILIES.items()))
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]

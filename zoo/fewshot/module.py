@@ -45,6 +45,23 @@ from zoo.module import PREPROCESS_KEY, ZooModule
 from zoo.optim import OptimSpec
 from zoo.protocols import FeatureKind, ProtocolUnavailable, Template, Tokenizer, data_tokenizer
 
+#: The optimiser of the methods trained with CoOp's Dassl trainer (CoOp, CoCoOp and, by its
+#: README, CLIP-Adapter): Dassl's OPTIM defaults (SGD, momentum 0.9, weight decay 5e-4 on
+#: every parameter) with CoOp's configs (lr 0.002, cosine stepped once per epoch after one
+#: constant warm-up epoch at 1e-5; ``configs/trainers/CoOp/*.yaml``, ``CoCoOp/*.yaml``).
+DASSL_SGD_OPTIM = OptimSpec(
+    optimizer="sgd",
+    lr=0.002,
+    momentum=0.9,
+    weight_decay=5e-4,
+    groups="all",
+    schedule="constant_warmup_cosine",
+    interval="epoch",
+    warmup_epochs=1.0,
+    warmup_lr=1e-5,
+    min_lr=0.0,
+)
+
 #: Checkpoint key of the class names / templates the head was built for.
 FEWSHOT_KEY = "fewshot"
 
