@@ -313,6 +313,28 @@ def test_search_on_test_reproduces_the_imagenet_script(data_root, tmp_path):
     assert module.last_search is not None and module.last_search.num_samples == len(y_test)
 
 
+def test_training_free_fit_saves_last_ckpt_that_restores_the_cache_model(data_root, tmp_path):
+    """max_epochs 0 skips the training loop, so ModelCheckpoint never fires; the module saves
+    last.ckpt itself, and that checkpoint restores the same cache, α and β."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dm = digits_datamodule(data_root, tmp_path / "splits")
+    module = _tip()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    _trainer(tmp_path, [checkpoint], enable_checkpointing=True).fit(module, datamodule=dm)
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["last.ckpt"]
+    assert checkpoint.last_model_path == str(tmp_path / "ckpts" / "last.ckpt")
+    restored = TipAdapter.load_from_checkpoint(tmp_path / "ckpts" / "last.ckpt", weights_only=False)
+    assert torch.equal(restored.tip_head.keys.weight, module.tip_head.keys.weight)
+    assert (float(restored.tip_head.alpha), float(restored.tip_head.beta)) == (
+        float(module.tip_head.alpha),
+        float(module.tip_head.beta),
+    )
+    images = next(iter(dm.eval_dataloader("test")))["image"]
+    with torch.no_grad():
+        assert torch.equal(restored.logits(images), module.logits(images))
+
+
 def test_tip_adapter_f_starts_as_tip_adapter_then_trains_only_the_keys(data_root, tmp_path):
     dm = digits_datamodule(data_root, tmp_path / "splits", batch_size=10)
     free = _tip(search=False)

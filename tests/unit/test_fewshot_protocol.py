@@ -277,6 +277,60 @@ def test_pets_ucf_sun_and_eurosat_class_names(tmp_path: Path) -> None:
     assert split.classnames == ["Annual Crop Land", "Sea or Lake"]
 
 
+def _mat_struct(records: list[dict]) -> np.ndarray:
+    """A MATLAB 1×N struct array as scipy's ``savemat`` writes it (the devkits' layout)."""
+    fields = list(records[0])
+    out = np.empty((1, len(records)), dtype=[(f, object) for f in fields])
+    for i, record in enumerate(records):
+        for f in fields:
+            out[0, i][f] = record[f]
+    return out
+
+
+def test_stanford_cars_mat_files_give_year_first_names(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    cars = tmp_path / "stanford_cars"
+    (cars / "devkit").mkdir(parents=True)
+    names = np.empty((1, 2), dtype=object)
+    names[0, 0], names[0, 1] = "AM General Hummer SUV 2000", "Tesla Model S Sedan 2012"
+    savemat(cars / "devkit" / "cars_meta.mat", {"class_names": names})
+    train = [
+        {"class": np.array([[y]]), "fname": f"{y}{i:04d}.jpg"} for i in range(10) for y in (1, 2)
+    ]
+    savemat(cars / "devkit" / "cars_train_annos.mat", {"annotations": _mat_struct(train)})
+    test = [{"class": np.array([[2]]), "fname": "00001.jpg"}]
+    savemat(cars / "cars_test_annos_withlabels.mat", {"annotations": _mat_struct(test)})
+
+    split = splits.read_split(datasets.build_split("stanford_cars", tmp_path))
+    assert split.classnames == ["2000 AM General Hummer SUV", "2012 Tesla Model S Sedan"]
+    assert split.test == [("cars_test/00001.jpg", 1, "2012 Tesla Model S Sedan")]
+    assert Counter(y for _, y, _ in split.val) == {0: 2, 1: 2}  # 20 % of each class
+    assert ("cars_train/10003.jpg", 0, "2000 AM General Hummer SUV") in split.train + split.val
+    assert len(split.train) + len(split.val) == 20
+
+
+def test_oxford_flowers_mat_labels_and_json_names(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    flowers = tmp_path / "oxford_flowers"
+    flowers.mkdir()
+    labels = np.array([[2, 1] * 10])  # image_00001 is class 2, image_00002 class 1, ...
+    savemat(flowers / "imagelabels.mat", {"labels": labels})
+    (flowers / "cat_to_name.json").write_text(
+        json.dumps({"1": "pink primrose", "2": "globe thistle"})
+    )
+
+    split = splits.read_split(datasets.build_split("oxford_flowers", tmp_path))
+    assert split.classnames == ["pink primrose", "globe thistle"]
+    every = split.train + split.val + split.test
+    assert ("image_00001.jpg", 1, "globe thistle") in every
+    assert ("image_00002.jpg", 0, "pink primrose") in every
+    # 50 / 20 / 30 % of the 10 images of each class
+    for part, n in ((split.train, 5), (split.val, 2), (split.test, 3)):
+        assert Counter(y for _, y, _ in part) == {0: n, 1: n}
+
+
 def test_registry_templates_and_registration() -> None:
     coop_templates = {  # CoOp's CUSTOM_TEMPLATES (trainers/zsclip.py)
         "imagenet": "a photo of a {}.",
@@ -314,7 +368,9 @@ def test_shifted_digits_pixels_splits_and_idempotent_write(tmp_path: Path) -> No
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    plain = ShiftedDigits(root=str(tmp_path / "plain"), size=8, rotation=0.0, noise=0.0)
+    plain = ShiftedDigits(
+        root=str(tmp_path / "plain"), size=8, rotation=0.0, noise=0.0, invert=True
+    )
     folder = plain.write()
     split = splits.read_split(folder / SPLIT_FILE, folder / "images")
     # pure inversion at the source size: 255 - round(v · 255 / 16), by hand
@@ -337,7 +393,9 @@ def test_shifted_digits_pixels_splits_and_idempotent_write(tmp_path: Path) -> No
     assert plain.write() == folder and plain.locate() == folder
     assert (folder / SPLIT_FILE).stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="written with"):
-        ShiftedDigits(root=str(tmp_path / "plain"), size=8, rotation=10.0, noise=0.0).locate()
+        ShiftedDigits(
+            root=str(tmp_path / "plain"), size=8, rotation=0.0, noise=0.0, invert=False
+        ).locate()
     with pytest.raises(FileNotFoundError, match="prepare_data"):
         ShiftedDigits(root=str(tmp_path / "nothing")).locate()
 
@@ -349,9 +407,13 @@ def test_shifted_digit_rotation_and_noise_by_hand() -> None:
 
     pixels = load_digits().images[7]
     rotated = digit_png(pixels, 16).rotate(30.0, resample=Image.Resampling.BICUBIC, fillcolor=0)
-    clean = shift_digit(pixels, 16, 30.0, 0.0, None)
+    assert np.array_equal(np.asarray(shift_digit(pixels, 16, 30.0, 0.0, None)), rotated)
+    clean = shift_digit(pixels, 16, 30.0, 0.0, None, invert=True)
     assert np.array_equal(np.asarray(clean), 255 - np.asarray(rotated))
-    noisy = np.asarray(shift_digit(pixels, 16, 30.0, 0.05, np.random.default_rng([0, 7])))
     draw = np.random.default_rng([0, 7]).normal(0.0, 0.05 * 255.0, (16, 16))
-    by_hand = np.clip(np.rint(255.0 - np.asarray(rotated, np.float64) + draw), 0, 255)
-    assert np.array_equal(noisy, by_hand.astype(np.uint8))
+    for invert, base in ((False, 0.0), (True, 255.0)):
+        rng = np.random.default_rng([0, 7])
+        noisy = np.asarray(shift_digit(pixels, 16, 30.0, 0.05, rng, invert=invert))
+        sign = -1.0 if invert else 1.0
+        by_hand = np.clip(np.rint(base + sign * np.asarray(rotated, np.float64) + draw), 0, 255)
+        assert np.array_equal(noisy, by_hand.astype(np.uint8))

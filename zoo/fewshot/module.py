@@ -32,6 +32,7 @@ adapter-based):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -191,6 +192,31 @@ class FewShotModule(ZooModule):
         if not any(p.requires_grad for p in self.parameters()):
             return None
         return super().configure_optimizers()
+
+    def on_fit_end(self) -> None:
+        """Save ``last.ckpt`` for a fit whose training loop never ran.
+
+        A training-free method (zero-shot CLIP, Tip-Adapter) fits with ``max_epochs: 0``:
+        its result (the cache model, the α/β found on val) exists after ``on_fit_start``,
+        but Lightning skips the training loop, so ``ModelCheckpoint`` never saves and there
+        would be nothing for ``zoo export`` or ``zoo test --ckpt_path``. The checkpoint goes
+        where ``ModelCheckpoint`` would have put it; a fit that saved anything is left alone.
+        """
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        if (
+            callback is None
+            or trainer.fast_dev_run
+            or trainer.interrupted
+            or trainer.global_step > 0
+            or callback.last_model_path
+            or callback.best_model_path
+            or not callback.dirpath
+        ):
+            return
+        path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        callback.last_model_path = str(path)
 
     def image_features(self, images: Tensor) -> Tensor:
         """The frozen CLIP's projected image feature f (unnormalised)."""
