@@ -74,6 +74,9 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
             for r in reported
         ]
         out.append(_md_table(["setting", "evaluated on", "metric", "value", "recipe"], rows) + "\n")
+    elif meta.get("reported_unavailable"):
+        out.append("## Reported results\n")
+        out.append(f"None listed: {meta['reported_unavailable']}\n")
     reproduced = meta.get("reproduced") or []
     out.append("## Reproduced in this zoo\n")
     if reproduced:
@@ -99,11 +102,71 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
             out.append("Commands:\n\n" + "\n".join(f"    {c}" for c in commands) + "\n")
     else:
         out.append("Nothing reproduced yet.\n")
+    comparison = fewshot_comparison(meta)
+    if comparison:
+        out.append(comparison)
+    if meta.get("reading"):
+        out.append("## What the reproduction shows\n")
+        out.append(str(meta["reading"]).strip() + "\n")
     notes = meta.get("notes") or []
     if notes:
         out.append("## Notes\n")
         out.append("\n".join(f"- {n}" for n in notes) + "\n")
     return out
+
+
+#: The few-shot family: every paper whose shot sweep enters the shared comparison table, and
+#: the baselines' (zero-shot CLIP, linear probe) recipe.
+FEWSHOT_PAPERS = ("coop", "cocoop", "clip_adapter", "tip_adapter", "sgva_clip")
+_FEWSHOT_COLUMNS = (
+    ("zero-shot CLIP", "coop", "tiny_zeroshot.yaml", "eval/zeroshot_top1"),
+    ("linear probe", "coop", "tiny_zeroshot.yaml", "eval/linear_probe_top1"),
+    ("CoOp", "coop", "tiny.yaml", "eval/fewshot_top1"),
+    ("CoCoOp", "cocoop", "tiny.yaml", "eval/fewshot_top1"),
+    ("CLIP-Adapter", "clip_adapter", "tiny.yaml", "eval/fewshot_top1"),
+    ("Tip-Adapter", "tip_adapter", "tiny.yaml", "eval/fewshot_top1"),
+    ("Tip-Adapter-F", "tip_adapter", "tiny_f.yaml", "eval/fewshot_top1"),
+    ("SgVA-CLIP", "sgva_clip", "tiny.yaml", "eval/fewshot_top1"),
+)
+
+
+def fewshot_comparison(meta: dict[str, Any]) -> str | None:
+    """For a few-shot paper with a shot sweep: one table of every method of the family on the
+    same protocol (mean ± std of test top-1 over seeds, per shot count), read from all the
+    family's metafiles (the newest sweep of each recipe), so each README shows the others."""
+    entries = meta.get("reproduced") or []
+    if not any(e.get("shots") is not None for e in entries):
+        return None
+    from zoo.recipe_index import get_paper
+
+    latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for slug in sorted({c[1] for c in _FEWSHOT_COLUMNS}):
+        try:
+            found = get_paper(slug).metafile.get("reproduced") or []
+        except (KeyError, FileNotFoundError):
+            continue
+        for e in found:
+            if e.get("shots") is not None:
+                latest[(slug, e["recipe"], e["metric"], int(e["shots"]))] = e  # newest wins
+    shots = sorted({k[3] for k in latest})
+    columns = [c for c in _FEWSHOT_COLUMNS if any(k[:3] == c[1:] for k in latest)]
+    if not shots or not columns:
+        return None
+    rows = []
+    for k in shots:
+        row: list[Any] = [k]
+        for _, slug, recipe, metric in columns:
+            e = latest.get((slug, recipe, metric, k))
+            row.append(f"{e['mean']:.1f} ± {e['std']:.1f}" if e else "")
+        rows.append(row)
+    scales = sorted({latest[k]["scale"] for k in latest})
+    text = "## The few-shot family on one protocol\n\n"
+    text += (
+        "Test top-1 (%), mean ± std over the seeds of each sweep, the same splits and shots "
+        "for every column (" + "; ".join(scales) + "). Generated from the `reproduced` "
+        "entries of the five few-shot metafiles.\n\n"
+    )
+    return text + _md_table(["shots", *[c[0] for c in columns]], rows) + "\n"
 
 
 def readme_path(paper: Paper) -> Path:

@@ -80,10 +80,29 @@ class ReproducedResult(_Strict):
 
 
 class Metafile(_Strict):
+    """``reported`` lists the paper's numbers; a paper that publishes none that can be
+    checked (only a claim, or numbers in a PDF no source here confirms) says why in
+    ``reported_unavailable`` instead, so the gap is stated rather than papered over."""
+
     paper: PaperInfo
-    reported: list[ReportedResult] = Field(min_length=1)
+    reported: list[ReportedResult] = Field(default_factory=list)
+    reported_unavailable: str | None = Field(default=None, min_length=20)
     reproduced: list[ReproducedResult] = Field(default_factory=list)
+    #: What the reproduced numbers say about the paper's claim, whichever way they point
+    #: (written by whoever ran them; the numbers themselves stay in ``reproduced``).
+    reading: str | None = None
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _reported_or_why_not(self) -> Metafile:
+        if not self.reported and not self.reported_unavailable:
+            raise ValueError(
+                "reported: list the paper's numbers (with their source), or say in "
+                "reported_unavailable why none can be listed"
+            )
+        if self.reported and self.reported_unavailable:
+            raise ValueError("reported_unavailable is for a metafile with no reported numbers")
+        return self
 
 
 def validate_metafile(data: dict[str, Any] | Path) -> Metafile:

@@ -39,11 +39,26 @@ def test_repository_metafiles_validate():
     assert {"clip", "slip"} <= {paper.slug for paper in found}
     for paper in found:
         meta = validate_metafile(paper.folder / "metafile.yaml")
-        assert meta.reported
+        assert meta.reported or meta.reported_unavailable
         # every reproduced and reported number names a recipe of its paper
         recipes = {path.name for path in paper.recipes}
         assert {r.recipe for r in meta.reproduced} <= recipes, paper.slug
         assert {r.recipe.split(" ")[0] for r in meta.reported} <= recipes, paper.slug
+
+
+def test_no_reported_numbers_needs_the_reason():
+    data = copy.deepcopy(BASE)
+    data["reported"] = []
+    with pytest.raises(ValidationError, match="reported_unavailable"):
+        validate_metafile(data)
+    data["reported_unavailable"] = "the paper's tables could not be checked from any source"
+    assert validate_metafile(data).reported == []
+    data["reported_unavailable"] = "too short"
+    with pytest.raises(ValidationError):
+        validate_metafile(data)
+    both = copy.deepcopy(BASE) | {"reported_unavailable": "a reason that is long enough"}
+    with pytest.raises(ValidationError, match="no reported numbers"):
+        validate_metafile(both)
 
 
 def test_valid_example_passes():
