@@ -93,10 +93,18 @@ def clip_like(args: argparse.Namespace) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------ contenders
-def zoo_run(data: dict[str, Tensor], split: str, betas, alphas, prune: bool) -> dict[str, Any]:
+def zoo_run(
+    data: dict[str, Tensor],
+    split: str,
+    betas,
+    alphas,
+    prune: bool,
+    affinity_dtype: str = "float32",
+) -> dict[str, Any]:
     """The search on ``split`` + inference on test; wall-clock seconds of each part."""
     features, labels = data[split], data[f"{split}_labels"]
-    head = TipAdapterHead(data["keys"].shape[1], [str(c) for c in range(len(data["text"]))], 1)
+    classes = [str(c) for c in range(len(data["text"]))]
+    head = TipAdapterHead(data["keys"].shape[1], classes, 1, affinity_dtype=affinity_dtype)
     head.keys.weight = torch.nn.Parameter(data["keys"], requires_grad=False)  # no copy
     head.key_labels = data["key_labels"]
     head.text_weights = data["text"]
@@ -104,7 +112,15 @@ def zoo_run(data: dict[str, Tensor], split: str, betas, alphas, prune: bool) -> 
     with torch.no_grad():
         clip = 100.0 * features @ data["text"].t()
         result = search_alpha_beta(
-            features, data["keys"], data["key_labels"], clip, labels, betas, alphas, prune=prune
+            features,
+            data["keys"],
+            data["key_labels"],
+            clip,
+            labels,
+            betas,
+            alphas,
+            prune=prune,
+            affinity_dtype=affinity_dtype,
         )
         searched = time.perf_counter()
         head.set_hyperparameters(result.alpha, result.beta)
@@ -202,6 +218,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="settings where the unpruned search is timed too (slow on the test setting)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="zoo runs per setting (min)")
+    parser.add_argument(
+        "--bf16-affinity",
+        action="store_true",
+        help="also time the zoo with affinity_dtype=bfloat16 (TipAdapter(affinity_dtype=...))",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the figures to this file")
@@ -234,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs["zoo"] = min(timed, key=lambda r: r["total_s"])
         runs["zoo"]["gemm_floor_s"] = min(floors)
         runs["zoo"]["gemm_floor_bf16_s"] = gemm_floor(data, split, torch.bfloat16)
+        if args.bf16_affinity:
+            fast = [zoo_run(data, split, betas, alphas, True, "bfloat16") for _ in range(2)]
+            runs["zoo_bf16_affinity"] = min(fast, key=lambda r: r["total_s"])
         if split in args.unpruned:
             runs["zoo_unpruned"] = zoo_run(data, split, betas, alphas, prune=False)
         for name, r in runs.items():

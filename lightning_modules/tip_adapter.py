@@ -63,6 +63,7 @@ from zoo.fewshot.cache_model import (
     OFFICIAL_CLIP_SCALE,
     CacheSearch,
     TipAdapterHead,
+    affinity_product,
     cache_keys_from_passes,
     cache_logits,
     clip_logits,
@@ -107,6 +108,9 @@ class TipAdapter(FewShotModule):
         search_step: the grid's steps for β and α (ImageNet: [200, 20]).
         search_on: ``val`` (the protocol) or ``test`` (``main_imagenet.py``: test-tuned).
         clip_scale: the CLIP term's scale (the code's 100); ``None``: ``exp(logit_scale)``.
+        affinity_dtype: precision of the affinity product ``f Fᵀ`` in the search and the
+            logits: ``float32`` (default) or ``bfloat16`` (faster on CPUs with AMX; the chosen
+            α, β can move by a grid step; :func:`zoo.fewshot.cache_model.affinity_product`).
         feature_cache: keep the frozen features on disk (:mod:`zoo.fewshot.feature_cache`).
         optim: Tip-Adapter-F's optimiser (defaults: :data:`TIP_ADAPTER_F_OPTIM`).
     """
@@ -123,6 +127,7 @@ class TipAdapter(FewShotModule):
         search_step: tuple[int, int] = (200, 20),
         search_on: Literal["val", "test"] = "val",
         clip_scale: float | None = OFFICIAL_CLIP_SCALE,
+        affinity_dtype: Literal["float32", "bfloat16"] = "float32",
         feature_cache: bool = True,
         optim: OptimSpec = TIP_ADAPTER_F_OPTIM,
     ):
@@ -144,6 +149,7 @@ class TipAdapter(FewShotModule):
         self.search_scale = (float(scale[0]), float(scale[1]))
         self.search_step = (int(step[0]), int(step[1]))
         self.clip_scale = None if clip_scale is None else float(clip_scale)
+        self.affinity_dtype = affinity_dtype
         self.feature_cache = feature_cache
         self.last_search: CacheSearch | None = None
         self._searched_at: int | None = None
@@ -159,7 +165,9 @@ class TipAdapter(FewShotModule):
         self, classnames: list[str], templates: list[str], tokenizer: Tokenizer | None
     ) -> TipAdapterHead:
         num_keys = self._num_keys if self._num_keys is not None else self._train_size()
-        head = TipAdapterHead(self.encoder.embed_dim, classnames, num_keys, self.clip_scale)
+        head = TipAdapterHead(
+            self.encoder.embed_dim, classnames, num_keys, self.clip_scale, self.affinity_dtype
+        )
         head.keys.weight.requires_grad_(self.finetune)
         if tokenizer is not None:  # None: rebuilt from a checkpoint, whose state fills it
             if not templates:
@@ -234,11 +242,16 @@ class TipAdapter(FewShotModule):
             labels,
             search_grid(self.search_scale[0], self.search_step[0]),
             search_grid(self.search_scale[1], self.search_step[1]),
+            affinity_dtype=self.affinity_dtype,
         )
         zero_shot = (clip.argmax(-1) == labels).float().mean().item() * 100
         right = 0  # the initial α, β (the code prints it before searching), in chunks
         for part, logits, y in zip(f.split(4096), clip.split(4096), labels.split(4096)):
-            cache = cache_logits(head.keys(part), head.key_labels, clip.shape[1], head.beta)
+            if self.affinity_dtype == "float32":
+                affinity = head.keys(part)
+            else:
+                affinity = affinity_product(part, head.keys.weight, self.affinity_dtype)
+            cache = cache_logits(affinity, head.key_labels, clip.shape[1], head.beta)
             right += int((tip_logits(logits, cache, head.alpha).argmax(-1) == y).sum())
         initial = 100.0 * right / max(1, len(labels))
         head.set_hyperparameters(result.alpha, result.beta)

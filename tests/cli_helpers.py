@@ -31,6 +31,10 @@ EVAL_LINES = {
     "LinearProbeEval": r"linear probe \(\w+\) top-1: \d+\.\d\d%",
     "KNNEval": r"kNN \(k=\d+",
     "RetrievalEval": r"retrieval R@",
+    "QuestionProbeEval": r"question probes \(\w+\) top-1, fitted on \w+",
+    "DetectionEval": r"box mAP: \d+\.\d\d%",
+    "SegmentationEval": r"mask mAP: \d+\.\d\d%",
+    "CaptionEval": r"BLEU-4: \d+\.\d\d, CIDEr-D: \d+\.\d\d",
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
 from zoo.optim import (
     OptimSpec,
@@ -53,7 +54,8 @@ class ZooModule(L.LightningModule):
         ``max_epochs``, ``max_steps`` or both, and with gradient accumulation.
         """
         spec = self.optim
-        optimizer = build_optimizer(self, spec, getattr(self, "_param_ndims", None))
+        target = self.optimizer_target()
+        optimizer = build_optimizer(target, spec, getattr(self, "_param_ndims", None))
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError(
@@ -82,6 +84,12 @@ class ZooModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": spec.interval, "frequency": 1},
         }
+
+    def optimizer_target(self) -> nn.Module:
+        """The module whose trainable parameters the optimiser gets (default: all of this
+        module's). A paper overrides it when a parameter must require grad yet stay out of the
+        optimiser (ViSFT's ``patch_embed``)."""
+        return self
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

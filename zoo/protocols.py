@@ -17,6 +17,9 @@ Model protocols (``typing.Protocol``, runtime-checkable):
   answers with the prompt-ensembled text classifier; a prompt learner (CoOp) with its learned
   prompts; an adapter with its fused classifier;
 - :class:`TextFeatures`: ``text_features(tokens)`` → ``(M, D)`` for tokenised captions;
+- :class:`Detector`, :class:`InstanceSegmenter`, :class:`CaptionGenerator`: ``detect`` /
+  ``segment`` / ``caption(images)``, the task heads' predictions scored by the in-domain
+  metrics of :mod:`zoo.eval.visft`;
 - :class:`ClassLogits` (optional): ``class_logits(features, class_weights)`` → ``(B, C)``,
   for a classifier whose scores are not a plain cosine against ``class_weights`` (a cache
   model adds ``α·A·L`` to it, Tip-Adapter). Without it, images are scored by
@@ -28,10 +31,13 @@ with that message. A module that lacks a method is skipped with a message naming
 (:func:`missing_members`).
 
 Datamodule protocols: :class:`EvalData` (``eval_dataloader(split)``, needed by every
-callback), :class:`CheckedEvalData` (``check_eval_split``: optional, lets the callbacks fail
-before training), :class:`ClassPrompts` (``classnames``, ``templates``: zero-shot) and the
-tokenizer, from ``datamodule.tokenizer`` or the datamodule's :class:`zoo.preprocess.PreprocessSpec`
-(:func:`data_tokenizer`).
+callback of :mod:`zoo.eval.callbacks`), :class:`CheckedEvalData` (``check_eval_split``:
+optional, lets the callbacks fail before training), :class:`ClassPrompts` (``classnames``,
+``templates``: zero-shot) and the tokenizer, from ``datamodule.tokenizer`` or the
+datamodule's :class:`zoo.preprocess.PreprocessSpec` (:func:`data_tokenizer`). The callbacks
+of :mod:`zoo.eval.visft` ask instead for :class:`TaskEvalData` (``task_dataloader(task,
+split)``: in-domain task metrics) and :class:`QuestionData` (``question_dataloader(split,
+question)``: out-of-domain question probes).
 
 :class:`DualEncoderProtocols` implements the model protocols for a module holding a
 :class:`zoo.backbones.DualEncoder` at ``self.encoder`` (CLIP, SLIP).
@@ -107,6 +113,36 @@ class ClassLogits(Protocol):
         ...
 
 
+@runtime_checkable
+class Detector(Protocol):
+    """Boxes for the in-domain detection metrics (:class:`zoo.eval.visft.DetectionEval`)."""
+
+    def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """One dict per image: ``"boxes"`` ``(N, 4)`` x1 y1 x2 y2 in input pixels,
+        ``"scores"`` ``(N,)``, ``"labels"`` ``(N,)`` int64 (contiguous class ids)."""
+        ...
+
+
+@runtime_checkable
+class InstanceSegmenter(Protocol):
+    """Instance masks for the in-domain segmentation metrics
+    (:class:`zoo.eval.visft.SegmentationEval`)."""
+
+    def segment(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """One dict per image: ``"masks"`` ``(N, H, W)`` bool at the input size,
+        ``"scores"`` ``(N,)``, ``"labels"`` ``(N,)`` int64."""
+        ...
+
+
+@runtime_checkable
+class CaptionGenerator(Protocol):
+    """Decoded captions for the caption metrics (:class:`zoo.eval.visft.CaptionEval`)."""
+
+    def caption(self, images: Tensor) -> list[str]:
+        """One caption per image."""
+        ...
+
+
 # ---------------------------------------------------------------------- datamodule side
 @runtime_checkable
 class EvalData(Protocol):
@@ -156,6 +192,25 @@ def data_tokenizer(datamodule: Any) -> Tokenizer | None:
 
         return TextTokenizer(spec.tokenizer, spec.context_length)
     return None
+
+
+@runtime_checkable
+class TaskEvalData(Protocol):
+    """Deterministic batches of a supervised task ("detection", "segmentation",
+    "caption") in its training format, plus ``"image_id"`` and, for captions, the raw
+    references ``"captions"`` (``list[list[str]]``)."""
+
+    def task_dataloader(self, task: str, split: str) -> Iterable[Any]: ...
+
+
+@runtime_checkable
+class QuestionData(Protocol):
+    """Out-of-domain probe questions: batches ``{"image", "label"}`` of the images of a
+    split that have the question; ``question_splits`` = (probe-fit split, probe-test split)."""
+
+    question_splits: tuple[str, str]
+
+    def question_dataloader(self, split: str, question: str) -> Iterable[Any]: ...
 
 
 # ------------------------------------------------------------------------------ messages

@@ -6,6 +6,11 @@ The record has full provenance: the resolved config and its sha256, the git comm
 whether the tree was dirty), package versions, hardware, date and the command. ``--append``
 adds one entry per metric to ``recipes/<paper>/metafile.yaml`` under ``reproduced``.
 
+A recipe may declare in its header recipes to fit first, with the same seed: each line
+``# after: KEY = RECIPE`` fits RECIPE, then passes its last checkpoint as the config value
+KEY (ViSFT: the three stage-1 head recipes, then stage 2 with ``model.init_args.heads_from``
+set to their checkpoints). Their metrics are recorded too, named ``<recipe stem>:<metric>``.
+
 The few-shot protocol sweeps shots × seeds (:func:`sweep`): ``--shots 1 2 4 8 16`` runs the
 recipe once per shot count K and seed s with ``--data.init_args.shots K``,
 ``--data.init_args.fewshot_seed s`` and ``--seed_everything s`` (seeds ``--seed-list``, by
@@ -81,13 +86,60 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+#: A recipe header line naming a recipe to fit first and the config key that receives its
+#: checkpoint: ``# after: model.init_args.heads_from.detection = recipes/visft/tiny_stage1_detection.yaml``
+AFTER_PREFIX = "# after:"
+
+
+def prerequisites(recipe: str | Path) -> list[tuple[str, Path]]:
+    """The ``# after: KEY = RECIPE`` lines of a recipe's header: recipes that must be fitted
+    first (same seed), each of whose last checkpoint becomes the config value ``KEY`` (a
+    two-stage protocol such as ViSFT's stage-1 heads → stage-2 LoRA)."""
+    out = []
+    for line in Path(recipe).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith(AFTER_PREFIX):
+            key, sep, path = line[len(AFTER_PREFIX) :].partition("=")
+            if not sep or not key.strip() or not path.strip():
+                raise ValueError(f"{recipe}: expected '{AFTER_PREFIX} KEY = RECIPE', got {line!r}")
+            out.append((key.strip(), Path(path.strip())))
+    return out
+
+
+def _nested_overrides(values: dict[str, str]) -> list[str]:
+    """``{"model.init_args.heads_from.detection": p, ...}`` → one ``--model.init_args.heads_from``
+    JSON mapping per parent key (a dict-valued argument is given whole)."""
+    grouped: dict[str, dict[str, str]] = {}
+    for key, value in values.items():
+        parent, _, leaf = key.rpartition(".")
+        grouped.setdefault(parent, {})[leaf] = value
+    return [f"--{parent}={json.dumps(leaves)}" for parent, leaves in grouped.items()]
+
+
 def run_seed(recipe: str, seed: int, overrides: Sequence[str]) -> tuple[dict[str, float], str]:
-    """Fit once; return the evaluation callbacks' metrics and the resolved config (YAML)."""
+    """Fit once (after the recipe's ``# after:`` prerequisites, with the same seed); return the
+    evaluation callbacks' metrics (a prerequisite's as ``<its recipe stem>:<metric>``) and the
+    resolved config (YAML)."""
     from zoo.lightning_cli import run_lightning_cli
 
-    args = ["fit", "--config", recipe, "--seed_everything", str(seed), *overrides]
-    cli = run_lightning_cli(args)
     metrics: dict[str, float] = {}
+    chained: dict[str, str] = {}
+    for key, before in prerequisites(recipe):
+        print(f"[zoo reproduce] {recipe}: fitting {before} first (-> {key})", flush=True)
+        cli = run_lightning_cli(["fit", "--config", str(before), "--seed_everything", str(seed)])
+        for callback in cli.trainer.callbacks:
+            for name, value in (getattr(callback, "results", {}) or {}).items():
+                metrics[f"{before.stem}:{name}"] = value
+        checkpoint = cli.trainer.checkpoint_callback
+        path = checkpoint.last_model_path if checkpoint is not None else ""
+        if not path:
+            raise RuntimeError(
+                f"{before} saved no checkpoint (it needs ModelCheckpoint with save_last)"
+            )
+        chained[key] = path
+    args = ["fit", "--config", recipe, "--seed_everything", str(seed)]
+    cli = run_lightning_cli([*args, *_nested_overrides(chained), *overrides])
     for callback in cli.trainer.callbacks:
         metrics.update(getattr(callback, "results", {}) or {})
     config = cli.parser.dump(cli.config, skip_none=False)

@@ -37,3 +37,18 @@ def to_spec(cls: type[T], value: T | Mapping[str, Any] | None) -> T:
             item = to_spec(hint, item)
         kwargs[name] = item
     return cls(**kwargs)
+
+
+def expand_named_preset(
+    value: Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]], spec_name: str
+) -> dict[str, Any]:
+    """``{preset: NAME, **overrides}`` → ``{**presets[NAME], **overrides}`` (no ``preset``
+    key: the mapping as it is); an unknown name is an error listing the known ones. The
+    ``resolve_mapping`` of spec classes with in-module presets (the ViSFT heads)."""
+    value = dict(value)
+    preset = value.pop("preset", None)
+    if preset is None:
+        return value
+    if preset not in presets:
+        raise ValueError(f"unknown {spec_name} preset {preset!r}; choose from {list(presets)}")
+    return {**presets[preset], **value}

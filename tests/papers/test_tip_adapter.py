@@ -107,6 +107,44 @@ def test_alpha_zero_is_zero_shot_clip_exactly():
     assert not torch.equal(head.logits(None, f), zeroshot_logits(f, text))
 
 
+def test_bfloat16_affinity_is_within_bfloat16_rounding_and_reaches_the_search():
+    """``affinity_dtype="bfloat16"``: affinities within bfloat16 rounding of the float32
+    ones (|ΔA| ≤ 2⁻⁷ for unit vectors: operands and result each rounded to 8 bits), not
+    equal to them (the flag acts), and the search counts with that same affinity."""
+    from zoo.fewshot.cache_model import affinity_product
+
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(4, 16), dim=-1)
+    keys = F.normalize(torch.randn(12, 16), dim=-1)
+    labels = torch.arange(4).repeat(3)
+    f = F.normalize(torch.randn(7, 16), dim=-1)
+    exact, rounded = f @ keys.t(), affinity_product(f, keys, "bfloat16")
+    assert rounded.dtype == torch.float32
+    assert float((rounded - exact).abs().max()) <= 2**-7 and not torch.equal(rounded, exact)
+    with pytest.raises(ValueError, match="affinity dtype"):
+        affinity_product(f, keys, "float16")
+
+    fast = TipAdapterHead(16, CLASSES, 12, affinity_dtype="bfloat16")
+    fast.set_cache(keys, labels)
+    fast.text_weights.copy_(text)
+    fast.set_hyperparameters(alpha=1.17, beta=5.5)
+    stored = affinity_product(f, fast.keys.weight, "bfloat16")  # the head's key order
+    one_hot = F.one_hot(fast.key_labels, 4).float()
+    by_hand = 100.0 * f @ text.t() + 1.17 * (torch.exp(-5.5 * (1 - stored)) @ one_hot)
+    torch.testing.assert_close(fast.tip_logits(f, text), by_hand, rtol=0, atol=1e-4)
+    assert fast.to_config()["affinity_dtype"] == "bfloat16"
+
+    y = torch.randint(0, 4, (7,))
+    clip = 100.0 * f @ text.t()
+    betas, alphas = search_grid(7.0, 5), search_grid(3.0, 4)
+    searched = search_alpha_beta(f, keys, labels, clip, y, betas, alphas, affinity_dtype="bfloat16")
+    for i, beta in enumerate(betas):
+        for j, alpha in enumerate(alphas):  # the official loop on the bfloat16 affinity
+            weights = ((-1) * (beta - beta * rounded)).exp()
+            logits = clip + weights @ F.one_hot(labels, 4).float() * alpha
+            assert int(searched.correct[i, j]) == int((logits.argmax(1) == y).sum())
+
+
 def test_clip_scale_none_uses_the_clip_logit_scale():
     encoder = load_clip({"encoder": {"preset": "vit-tiny-digits"}}).encoder
     with torch.no_grad():

@@ -21,6 +21,13 @@ Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, and
   images costs less than 16 batches of 2), templates, transforms and the method's
   hyper-parameters stay.
 
+- ViSFT recipes (a ``coco`` entry: a COCO 2017 folder): the copy is generated CLEVR-like
+  scenes in COCO's files; the backbone keeps its timm architecture (EVA-G, EVA02-E) at one
+  block of width 32 on 28-pixel images, randomly initialised (the user-supplied weights file
+  is not generated), the heads at their tiny presets, batch 2. A stage-2 recipe runs through
+  untrained heads (``random_heads``): its stage-1 prerequisites (``# after:``) are fitted by
+  ``zoo reproduce``, which the tiny pipeline test exercises.
+
 A training-free recipe (``trainer.max_epochs: 0``: zero-shot CLIP, Tip-Adapter) runs without
 ``fast_dev_run``, which would force a training epoch on a module with nothing to train; its
 fit is the evaluation, on the whole tiny copy.
@@ -40,6 +47,7 @@ from tests.cli_helpers import eval_lines
 from zoo.cli import main
 from zoo.data.layouts import (
     CLIP_WEIGHTS,
+    COCO,
     COOP,
     FewShotSizes,
     LayoutEntry,
@@ -91,6 +99,21 @@ def _pretraining_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
     ]
 
 
+def _visft_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
+    """Write the COCO copy; shrink the backbone (same timm architecture) and the heads."""
+    write_recipe_layout(recipe, data_root)
+    init = config["model"]["init_args"]
+    name = init["backbone"]["model_name"]
+    small = f"{{model_name: {name}, img_size: 28, depth: 1, embed_dim: 32, num_heads: 2, checkpoint: null}}"
+    args = [f"--model.init_args.backbone={small}", "--data.image_size=28", "--data.batch_size=2"]
+    for task in init.get("tasks") or ("detection", "segmentation", "caption"):
+        extra = ", num_points: 64" if task == "segmentation" else ""
+        args.append(f"--model.init_args.{task}={{size: tiny{extra}}}")
+    if init.get("stage") == 2:
+        args += ["--model.init_args.heads_from=null", "--model.init_args.random_heads=true"]
+    return args
+
+
 def _fewshot_args(
     recipe: Path, config: dict, entries: list[LayoutEntry], data_root: Path
 ) -> list[str]:
@@ -139,6 +162,8 @@ def run_on_declared_layout(recipe: Path, tmp_path: Path, monkeypatch) -> None:
     data_root = tmp_path / "data"
     if any(e.format == COOP for e in entries):
         args = _fewshot_args(recipe, config, entries, data_root)
+    elif any(e.format == COCO for e in entries):
+        args = _visft_args(recipe, config, data_root)
     else:
         args = _pretraining_args(recipe, config, data_root)
     if config["trainer"].get("max_epochs") != 0:

@@ -33,13 +33,35 @@ def test_every_paper_has_tiny_and_paper_scale_recipes():
         assert any(p.parent.name == paper for p in PAPER_SCALE), paper
 
 
+def _fit_prerequisites(recipe: Path, tmp_path: Path, monkeypatch) -> list[str]:
+    """A recipe's ``# after:`` recipes (ViSFT's stage-1 heads), fitted for 2 steps with their
+    checkpoints under ``tmp_path`` (the working directory, so the recipes' relative paths
+    land there); returns the overrides that pass those checkpoints on, as ``zoo reproduce``
+    does."""
+    from zoo.reproduce import _nested_overrides, prerequisites
+
+    chained = {}
+    for key, before in prerequisites(recipe):
+        monkeypatch.chdir(tmp_path)
+        config = ROOT / before
+        assert main(["fit", "--config", str(config), "--trainer.max_steps", "2"]) == 0
+        checkpoints = sorted(
+            (tmp_path / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime
+        )
+        chained[key] = str(checkpoints[-1])
+    monkeypatch.chdir(ROOT)
+    return _nested_overrides(chained)
+
+
 @pytest.mark.parametrize("recipe", TINY, ids=_id)
-def test_tiny_recipe_fits_through_cli(recipe, tmp_path, capsys):
+def test_tiny_recipe_fits_through_cli(recipe, tmp_path, capsys, monkeypatch):
+    chained = _fit_prerequisites(recipe, tmp_path, monkeypatch)
     main(
         [
             "fit",
             "--config",
             str(recipe),
+            *chained,
             "--trainer.fast_dev_run",
             "2",
             "--trainer.default_root_dir",

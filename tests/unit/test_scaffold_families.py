@@ -93,7 +93,7 @@ def _run(copy: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def scaffolded(tmp_path_factory) -> tuple[Path, dict]:
     copy = tmp_path_factory.mktemp("project")
-    copy_project(copy, ["checkpoints/clip-vit-tiny-digits"])
+    copy_project(copy, ["checkpoints/slip-vit-tiny-digits"])
     done = _run(copy, "-c", SCRIPT, *(f"{s}:{f}" for s, f in FAMILIES.items()))
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]

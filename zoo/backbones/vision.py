@@ -77,9 +77,9 @@ def build_vision_tower(spec: VisionSpec) -> nn.Module:
 
 
 def _takes_img_size(model_name: str) -> bool:
-    """ViTs size their position embedding from ``img_size``; so do the CLIP ResNets (timm
-    byobnet ``resnet*_clip``: the attention pool's position embedding)."""
-    return "vit" in model_name or "deit" in model_name or "_clip" in model_name
+    """ViTs (EVA and EVA-02 included) size their position embedding from ``img_size``; so do
+    the CLIP ResNets (timm byobnet ``resnet*_clip``: the attention pool's position embedding)."""
+    return any(k in model_name for k in ("vit", "deit", "_clip", "eva"))
 
 
 def tower_output_width(tower: nn.Module) -> int:

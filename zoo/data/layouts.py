@@ -44,6 +44,22 @@ from a weights file)::
   torch file), at input size ``FewShotSizes.image_size`` (default: the arch's tiny size;
   the data must then be given that size), so the recipe's own loader path runs on it.
 
+A COCO 2017 folder (ViSFT's detection, segmentation and caption data) is one entry::
+
+    # Layout under data.root (...):
+    #   ./: coco train2017,val2017
+
+- ``<folder>/: coco [<split folders>]``: ``<folder>`` (``./``: ``data.root`` itself) in the
+  COCO 2017 layout, for each split folder (default ``train2017,val2017``): its images in
+  ``<folder>/<split>/`` and ``annotations/instances_<split>.json`` (boxes, RLE instance
+  masks, categories) and ``annotations/captions_<split>.json`` (5 captions per image), the
+  files :class:`~zoo.data.coco.CocoInstances` and :class:`~zoo.data.coco.CocoCaptions`
+  read. The copy is written by the CLEVR-like scene generator
+  (:class:`~zoo.data.clevr_scenes.ClevrScenes`: ``samples`` scenes of
+  :data:`COCO_IMAGE_SIZE` px per split, 3 shape categories) and holds nothing real COCO
+  lacks (no scene graphs, probe questions or manifest), so a recipe that reads more than
+  COCO has fails on it.
+
 :func:`write_layout` writes the layout a datamodule's ``init_args`` would read instead (a
 fixture for tests of the data code).
 """
@@ -72,7 +88,13 @@ COOP = "coop"
 CLIP_WEIGHTS = "clip-weights"
 #: The weight formats a ``clip-weights`` entry can be written in.
 WEIGHT_FORMATS = ("openai",)
-KINDS = (*FORMATS, COOP, CLIP_WEIGHTS)
+#: A COCO 2017 folder (``<folder>/: coco [<split folders>]``).
+COCO = "coco"
+#: The split folders a ``coco`` entry writes unless it names its own.
+COCO_SPLITS = ("train2017", "val2017")
+#: The side of the images of a ``coco`` entry's copy.
+COCO_IMAGE_SIZE = 32
+KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO)
 LABEL_COLUMNS = ("label", "cls")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _HEADER = re.compile(r"^#\s*Layout under data\.root")
@@ -80,7 +102,8 @@ _ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+(?P<format>[a-z]+)\s+(?P<columns>[\w
 _WEIGHTS_ENTRY = re.compile(
     r"^#\s+(?P<path>\S+):\s+clip-weights\s+(?P<format>[a-z_]+)\s+(?P<arch>[a-z0-9-]+)\s*$"
 )
-_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights)(\s|$)")
+_COCO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+coco(?:\s+(?P<splits>[\w,.-]+))?\s*$")
+_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco)(\s|$)")
 _DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: CoOp's validation shots per class: ``min(K, 4)`` (zoo.fewshot.splits.VAL_SHOTS_MAX).
 _VAL_SHOTS_MAX = 4
@@ -103,6 +126,13 @@ class LayoutEntry:
         if self.format != COOP:
             raise ValueError(f"{self.path}: a {self.format} entry names no few-shot dataset")
         return self.columns[0]
+
+    @property
+    def coco_splits(self) -> tuple[str, ...]:
+        """The split folders of a ``coco`` entry."""
+        if self.format != COCO:
+            raise ValueError(f"{self.path}: a {self.format} entry is not a COCO folder")
+        return self.columns
 
     @property
     def weights(self) -> tuple[str, str]:
@@ -142,10 +172,15 @@ def parse_layout(header: str) -> list[LayoutEntry]:
         if weights is not None:
             entries.append(_weights_entry(line, weights))
             continue
+        coco = _COCO_ENTRY.match(line)
+        if coco is not None:
+            entries.append(_coco_entry(line, coco))
+            continue
         if match is None and _NEW_KIND.match(line):
             raise ValueError(
                 f"layout entry {line.strip()!r} is malformed: the syntax is "
-                f"'#   <folder>/: {COOP} <dataset>' or '#   <file>: {CLIP_WEIGHTS} <format> <arch>'"
+                f"'#   <folder>/: {COOP} <dataset>', '#   <file>: {CLIP_WEIGHTS} <format> <arch>' "
+                f"or '#   <folder>/: {COCO} [<split folders>]'"
             )
         if match is None:
             if entries:  # the block ends at the first line after its entries
@@ -187,6 +222,25 @@ def _coop_entry(line: str, path: str, dataset: str) -> LayoutEntry:
             f"(its registry folder), so the entry is '#   {info.folder}/: {COOP} {dataset}'"
         )
     return LayoutEntry(path, COOP, (dataset,))
+
+
+def _coco_entry(line: str, match: re.Match[str]) -> LayoutEntry:
+    """``<folder>/: coco [<split folders>]``: a folder, split folder names without paths."""
+    path = match["path"]
+    syntax = f"'#   <folder>/: {COCO} [<split folders>]', e.g. '#   ./: {COCO} train2017,val2017'"
+    if not (path.endswith("/") or path == "."):
+        raise ValueError(
+            f"layout entry {line.strip()!r}: a {COCO} entry names a folder (ending in '/'); "
+            f"the syntax is {syntax}"
+        )
+    splits = tuple(s for s in (match["splits"] or "").split(",") if s) or COCO_SPLITS
+    bad = [s for s in splits if s in (".", "..") or s.startswith(".")]
+    if bad or len(set(splits)) != len(splits):
+        raise ValueError(
+            f"layout entry {line.strip()!r}: split folders must be distinct names, got "
+            f"{list(splits)}; the syntax is {syntax}"
+        )
+    return LayoutEntry(path, COCO, splits)
 
 
 def _weights_entry(line: str, match: re.Match[str]) -> LayoutEntry:
@@ -264,6 +318,9 @@ def write_entries(
         path = path if path.is_absolute() else root / path
         if entry.format == COOP:
             written[entry.path] = _write_coop(root, entry.dataset, fewshot, rng)
+            continue
+        if entry.format == COCO:
+            written[entry.path] = _write_coco(path, entry.coco_splits, samples, seed)
             continue
         if entry.format == CLIP_WEIGHTS:
             # the weights live wherever clip.path says: the copy goes under the root
@@ -384,6 +441,43 @@ def _write_imagefolder(path: Path, rows: list[dict], entry: LayoutEntry) -> list
         records.append(_record(row, entry, f"{i:06d}.jpg"))
     _write_csv(path / "metadata.csv", records)
     return [path]
+
+
+# --- COCO entries -----------------------------------------------------------------------------
+def _write_coco(folder: Path, splits: tuple[str, ...], samples: int, seed: int) -> list[Path]:
+    """The COCO 2017 files of ``splits`` under ``folder`` (see the module docstring), from
+    CLEVR-like scenes written to a temporary folder and moved into the COCO places."""
+    import shutil
+    import uuid
+
+    from zoo.data.clevr_scenes import ClevrScenes
+
+    annotations = folder / "annotations"
+    targets = [folder / s for s in splits]
+    targets += [
+        annotations / f"{kind}_{s}.json" for s in splits for kind in ("instances", "captions")
+    ]
+    present = [str(p) for p in targets if p.exists()]
+    if present:
+        raise FileExistsError(f"the {COCO} layout would overwrite {present}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".coco-scenes-{uuid.uuid4().hex[:8]}"
+    try:
+        scenes = ClevrScenes(
+            root=str(tmp),
+            splits={s: max(int(samples), 1) for s in splits},
+            seed=seed,
+            image_size=COCO_IMAGE_SIZE,
+            captions_per_image=5,  # COCO's
+        ).write()
+        annotations.mkdir(exist_ok=True)
+        for split in splits:
+            shutil.move(str(scenes.images(split)), str(folder / split))
+            shutil.move(str(scenes.instances(split)), str(annotations / f"instances_{split}.json"))
+            shutil.move(str(scenes.captions(split)), str(annotations / f"captions_{split}.json"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return targets
 
 
 # --- few-shot entries -------------------------------------------------------------------------

@@ -40,7 +40,7 @@ Metrics and summary lines do not depend on them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -87,6 +87,8 @@ class EvalCallback(Callback):
 
     #: The :mod:`zoo.protocols` model protocols :meth:`evaluate` calls.
     model_protocols: tuple[type, ...] = (ImageFeatures,)
+    #: The :mod:`zoo.protocols` datamodule protocols :meth:`evaluate` calls.
+    data_protocols: tuple[type, ...] = (EvalData,)
 
     def __init__(self, every_n_epochs: int = 0) -> None:
         super().__init__()
@@ -114,7 +116,7 @@ class EvalCallback(Callback):
         method, named), or ``None``."""
         if datamodule is None:
             return "the trainer has no datamodule (pass `datamodule=` to fit / validate / test)"
-        reasons = [why_not(datamodule, EvalData, "the datamodule")]
+        reasons = [why_not(datamodule, p, "the datamodule") for p in self.data_protocols]
         reasons += [why_not(pl_module, p, "the module") for p in self.model_protocols]
         found = [r for r in reasons if r is not None]
         return "; ".join(found) if found else None
@@ -224,17 +226,21 @@ class EvalCallback(Callback):
         split: str,
         feature: Feature,
         on_batch: Callable[[Any], None] | None = None,
+        loader: Iterable[Any] | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(features, labels, caption tokens)`` of a split: ``pl_module.features(images,
         kind=feature)`` (:class:`zoo.protocols.ImageFeatures`). ``on_batch`` sees every
-        encoded batch (``extract_features``)."""
+        encoded batch (``extract_features``). ``loader`` replaces the datamodule's
+        ``eval_dataloader(split)`` (``split`` then only names it in messages)."""
         features = pl_module.features  # type: ignore[attr-defined]
+        if loader is None:
+            loader = trainer.datamodule.eval_dataloader(split)
         convert = trainer.precision_plugin.convert_input
         stats: dict[str, int] = {}
         with self._encoding(trainer):
             out = extract_features(
                 lambda images: features(convert(images), kind=feature),
-                trainer.datamodule.eval_dataloader(split),
+                loader,
                 pl_module.device,
                 model=pl_module,
                 max_batches=self._max_batches(trainer),
