@@ -329,3 +329,52 @@ def test_export_merges_lora_and_the_adapter_round_trips(vit_file, tmp_path):
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh.features(image), stage2.features(image))
+
+
+def test_zoo_export_of_a_stage2_checkpoint_loads_as_the_merged_backbone(tmp_path, monkeypatch):
+    """`zoo export` of a real stage-2 checkpoint → `zoo.load`: a ``vision_encoder`` package
+    whose features equal the fitted module's (LoRA merged), with the data's preprocessing."""
+    import lightning as L
+
+    import zoo
+    from datamodules.visft import ViSFTDataModule
+    from zoo.cli import main
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    dm = ViSFTDataModule(
+        source="clevr",
+        root=str(tmp_path / "scenes"),
+        clevr={"splits": {"train": 8, "val": 4}, "image_size": 32, "seed": 0},
+        tasks=["caption"],
+        image_size=32,
+        batch_size=4,
+        val_split=None,
+        num_workers=0,
+    )
+    module = ViSFT(backbone=VIT, stage=2, tasks=["caption"], random_heads=True, optim={"lr": 1e-2})
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert any(
+        torch.count_nonzero(p) for n, p in module.backbone.named_parameters() if "lora_B" in n
+    )  # the LoRA moved, so the merge is not trivial
+    trainer.save_checkpoint(tmp_path / "stage2.ckpt")
+    out = tmp_path / "package"
+    argv = ["export", str(tmp_path / "stage2.ckpt"), "--name", "visft-test", "--out", str(out)]
+    argv += ["--trust-pickle", "--class-path", "lightning_modules.visft.ViSFT"]
+    assert main(argv) == 0
+    loaded = zoo.load(f"local-dir:{out}")
+    assert loaded.config["architecture"]["type"] == "vision_encoder"
+    image = torch.randn(2, 3, 32, 32)
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.features(image), module.features(image), atol=1e-5, rtol=0
+        )
