@@ -27,6 +27,9 @@ FSDP = '{"class_path": "tests.distributed.fsdp_cpu.CPUFSDPStrategy", "init_args"
 OVERRIDES = ["--model.init_args.optim.eps", "1e-3", "--trainer.callbacks+=zoo.eval.KNNEval"]
 
 
+# ~100 s on 2 cores: slow-marked to keep the default run under 15 minutes; .ci/run's slow line
+# runs it on every CI.
+@pytest.mark.slow
 def test_fsdp_two_processes_equal_one_process_and_evaluate_full_weights(tmp_path):
     single, single_state, _ = fit_tiny_slip(tmp_path, "single", 1, "auto", 1, OVERRIDES)
     sharded, sharded_state, run_dir = fit_tiny_slip(tmp_path, "fsdp", 2, FSDP, 1, OVERRIDES)
