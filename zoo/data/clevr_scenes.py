@@ -63,9 +63,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -76,6 +73,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from zoo.data.cache import cache_root
+from zoo.data.generated import write_atomically
 
 SHAPES = ("circle", "square", "triangle")
 #: CLEVR's colour palette (clevr-dataset-gen ``properties.json``) without gray.
@@ -553,23 +551,15 @@ class ClevrScenes:
                 f"{root} exists and holds no {MANIFEST}: it is not a copy of the CLEVR-like "
                 "scenes; choose another root or remove it"
             )
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            (tmp / "annotations").mkdir(parents=True)
+
+        def fill(tmp: Path) -> str:
+            (tmp / "annotations").mkdir()
             for split, count in self.splits.items():
                 self._write_split(tmp, split, count)
             manifest = {"params": self.params(), "splits": self.splits}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-            if root.is_dir():
-                root.rmdir()  # empty (checked above)
-            try:
-                os.rename(tmp, root)
-            except OSError:
-                if not (root / MANIFEST).is_file():  # not a concurrent writer's finished copy
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            return json.dumps(manifest, indent=1, sort_keys=True)
+
+        write_atomically(root, MANIFEST, fill)  # an existing root is empty (checked above)
         return self.locate()
 
     def _write_split(self, folder: Path, split: str, count: int) -> None:

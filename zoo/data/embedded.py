@@ -11,9 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from zoo.data.cache import cache_root
+from zoo.data.generated import write_atomically
 from zoo.data.tokenizers import TextTokenizer
 
 FORMATS = ("csv", "jsonl", "wds", "hf")
@@ -255,7 +253,6 @@ def build_digits(
     is stratified and seeded; labels are kept for evaluation only.
     """
     folder = digits_folder(root, size, fmt, test_fraction, caption_noise, seed)
-    root = folder.parent
     if (folder / _MARKER).is_file():
         return _locate(folder, fmt)
 
@@ -271,23 +268,13 @@ def build_digits(
     captions = make_captions(labels, splits, caption_noise, seed)
     images = [digit_png(x, size) for x in digits.images]
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> str:
         _write(tmp, fmt, images, captions, labels, splits)
         marker = {"size": size, "seed": seed, "fmt": fmt, "noise": caption_noise}
         marker.update(num_train=len(splits["train"]), num_test=len(splits["test"]))
-        (tmp / _MARKER).write_text(json.dumps(marker))
-        if folder.exists() and not (folder / _MARKER).is_file():
-            shutil.rmtree(folder)  # an interrupted non-atomic copy from elsewhere
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / _MARKER).is_file():  # not a concurrent builder's finished copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return json.dumps(marker)
+
+    write_atomically(folder, _MARKER, fill)
     return _locate(folder, fmt)
 
 

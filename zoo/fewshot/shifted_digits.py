@@ -29,9 +29,6 @@ the embedded zero-shot templates, so the real split reader and datamodule are wh
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +37,7 @@ from PIL import Image
 
 from zoo.data.cache import cache_root
 from zoo.data.embedded import CLASSNAMES, digit_png
+from zoo.data.generated import write_atomically
 
 FOLDER = "shifted_digits"
 IMAGE_DIR = "images"
@@ -172,10 +170,8 @@ class ShiftedDigits:
         digits = load_digits()
         labels = np.asarray(digits.target, dtype=np.int64)
         parts = split_indices(labels, self.fractions, self.seed)
-        root = folder.parent
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{FOLDER}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+
+        def fill(tmp: Path) -> str:
             for name in CLASSNAMES:
                 (tmp / IMAGE_DIR / name).mkdir(parents=True)
             for i, (pixels, label) in enumerate(zip(digits.images, labels)):
@@ -190,16 +186,9 @@ class ShiftedDigits:
                 for name, idx in parts.items()
             }
             (tmp / SPLIT_FILE).write_text(json.dumps(split, indent=4, separators=(",", ": ")))
-            (tmp / _MARKER).write_text(json.dumps(self._params()))
-            if folder.exists() and not (folder / _MARKER).is_file():
-                shutil.rmtree(folder)  # an interrupted copy written by something else
-            try:
-                os.rename(tmp, folder)
-            except OSError:
-                if not (folder / _MARKER).is_file():  # not a concurrent writer's finished copy
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            return json.dumps(self._params())
+
+        write_atomically(folder, _MARKER, fill)
         return self.locate()
 
     @staticmethod

@@ -1,0 +1,38 @@
+"""Writing generated datasets safely: a folder appears complete or not at all.
+
+Generated data (the embedded digits, the shifted digits, the CLEVR-like scenes) is written by
+``prepare_data`` on one process while others may read or write the same cache. Each writer
+fills a private temp folder next to the target, writes the marker file last, and renames the
+folder into place; a concurrent writer that finished first wins, and an interrupted copy
+(a folder without its marker) is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(folder: Path, marker: str, fill: Callable[[Path], str]) -> None:
+    """Build ``folder``: ``fill(tmp)`` writes the content into an empty temp folder and
+    returns the marker file's text; the marker ``folder/marker`` is written last, then the
+    temp folder is renamed to ``folder``. A ``folder`` that exists without its marker (an
+    interrupted copy) is removed first; one that another writer completed meanwhile is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        text = fill(tmp)
+        (tmp / marker).write_text(text)
+        if folder.exists() and not (folder / marker).is_file():
+            shutil.rmtree(folder)  # an interrupted copy
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / marker).is_file():  # not a concurrent writer's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
