@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -83,6 +83,13 @@ class EpochSampler(DistributedSampler):
         self._skip = 0
         indices = list(super().__iter__())[skip:]
         return iter([SampleKey(i, self.seed, epoch) for i in indices])
+
+
+def identity_changes(state: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """What differs between a saved loader state's identity (seed, dataset size, ...) and the
+    loader's now, as ``"key old -> new, ..."``; ``None`` when the state fits (resume exactly)."""
+    changed = [(k, state.get(k), v) for k, v in now.items() if state.get(k) != v]
+    return ", ".join(f"{k} {old} -> {new}" for k, old, new in changed) or None
 
 
 class ResumableDataLoader(DataLoader):
@@ -138,10 +145,8 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self._epoch, "batches": self._position, **self._identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        now = self._identity()
-        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        detail = identity_changes(state, self._identity())
+        if detail:
             log.warning(
                 "not resuming the data loader mid-epoch: the data changed (%s); the epoch "
                 "restarts from its first batch, so the run is no longer exact",

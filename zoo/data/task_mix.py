@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from zoo.data.resumable import EpochSampler, ResumableDataLoader
+from zoo.data.resumable import EpochSampler, ResumableDataLoader, identity_changes
 
 log = logging.getLogger("zoo.data")
 
@@ -310,10 +310,8 @@ class TaskMixLoader:
         a state of another epoch restores only the task positions). A state of other
         data (seed, tasks, ratios, lengths) is refused with a warning: the epoch then
         restarts from its first step."""
-        now = self._identity()
-        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        detail = identity_changes(state, self._identity())
+        if detail:
             log.warning(
                 "not resuming the task mix mid-epoch: the data changed (%s); the epoch "
                 "restarts from its first step, so the run is no longer exact",
