@@ -106,7 +106,7 @@ class ViSFT(ZooModule):
             weights file).
         stage: 1 (heads on the frozen backbone) or 2 (LoRA through the frozen heads).
         tasks: the heads to build; ``None`` = the datamodule's ``tasks``.
-        detection: the DETR head's spec (a mapping with ``size: tiny | paper`` and
+        detection: the DETR head's spec (a mapping with ``preset: tiny | paper`` and
             overrides; unset: tiny); its class count comes from the data.
         segmentation: the Mask2Former head's spec (the same form, plus ``num_points``).
         caption: the captioner's spec (the same form); its vocabulary comes from the data.
@@ -218,10 +218,8 @@ class ViSFT(ZooModule):
     def _build_head(
         self, task: str, width: int, num_classes: Mapping[str, int], vocab: Any
     ) -> tuple[nn.Module, nn.Module]:
-        spec = dict(self.head_specs.get(task) or {"size": "tiny"})
-        # recipes say `size:` (the recipe loader expands every `preset:` key as an encoder
-        # preset); the head specs' own resolvers read `preset`
-        spec["preset"] = spec.pop("size", spec.get("preset", "paper"))
+        spec = dict(self.head_specs.get(task) or {"preset": "tiny"})
+        spec.setdefault("preset", "paper")
         if task == "detection":
             from zoo.heads.detr import DETRHead, DETRHeadSpec
             from zoo.losses.detr import SetCriterion, detr_weight_dict

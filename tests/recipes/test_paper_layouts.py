@@ -108,7 +108,7 @@ def _visft_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
     args = [f"--model.init_args.backbone={small}", "--data.image_size=28", "--data.batch_size=2"]
     for task in init.get("tasks") or ("detection", "segmentation", "caption"):
         extra = ", num_points: 64" if task == "segmentation" else ""
-        args.append(f"--model.init_args.{task}={{size: tiny{extra}}}")
+        args.append(f"--model.init_args.{task}={{preset: tiny{extra}}}")
     if init.get("stage") == 2:
         args += ["--model.init_args.heads_from=null", "--model.init_args.random_heads=true"]
     return args

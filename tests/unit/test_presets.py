@@ -148,3 +148,22 @@ def test_the_command_line_expands_presets_and_keeps_dotted_overrides(tmp_path, c
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(path), "--model.init_args.encoder={preset: nope}"])
     assert "known presets: vit-b16-clip" in capsys.readouterr().err
+
+
+def test_other_specs_presets_are_left_to_them_and_unknown_names_still_fail() -> None:
+    """The recipe loader expands ``preset: <encoder preset>`` anywhere; the size presets of
+    other specs (the ViSFT heads' ``tiny`` / ``paper``) are left for those specs' own
+    resolvers, and no encoder preset file may take such a name."""
+    from zoo.backbones.presets import SPEC_PRESET_NAMES, expand_presets
+
+    assert not SPEC_PRESET_NAMES & set(preset_names())
+
+    data = {"encoder": {"preset": "vit-tiny-digits"}, "detection": {"preset": "tiny", "x": 1}}
+    out = expand_presets(data)
+    assert out["detection"] == {"preset": "tiny", "x": 1}
+    assert out["encoder"] == dataclasses.asdict(
+        to_spec(DualEncoderSpec, {"preset": "vit-tiny-digits"})
+    )
+    # a misspelt encoder preset still fails at load, naming the known ones
+    with pytest.raises(UnknownPresetError, match="known presets"):
+        expand_presets({"encoder": {"preset": "vit-tiny-digit"}})

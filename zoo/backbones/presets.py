@@ -28,6 +28,12 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 PRESET_KEY = "preset"
 
 
+#: Preset names of specs other than the encoder's, resolved by those specs themselves
+#: (``resolve_mapping``): the size presets of the ViSFT heads (``DETRHeadSpec``,
+#: ``Mask2FormerHeadSpec``, the captioner). No encoder preset file may take one of them.
+SPEC_PRESET_NAMES = frozenset({"tiny", "paper"})
+
+
 class UnknownPresetError(ValueError):
     """A preset name that no file in ``zoo/backbones/presets`` defines."""
 
@@ -83,9 +89,13 @@ def expand_presets(data: Any) -> Any:
     recipes and option values through this (:func:`zoo.lightning_cli.load_with_presets`),
     so jsonargparse only ever sees full encoder mappings: ``--print_config`` and the saved
     ``config.yaml`` hold the resolved spec, and dotted overrides such as
-    ``--model.init_args.encoder.vision.depth=1`` apply on top of the preset."""
+    ``--model.init_args.encoder.vision.depth=1`` apply on top of the preset. The names of
+    :data:`SPEC_PRESET_NAMES` belong to other specs' own presets (the ViSFT heads'
+    ``preset: tiny``) and are left to those specs' ``resolve_mapping``; any other unknown name
+    fails here, listing the encoder presets."""
     if isinstance(data, Mapping):
-        if isinstance(data.get(PRESET_KEY), str):
+        name = data.get(PRESET_KEY)
+        if isinstance(name, str) and name not in SPEC_PRESET_NAMES:
             # every field written out: a preset given on the command line replaces the
             # recipe's encoder whole, instead of jsonargparse merging it field by field
             from zoo.backbones.dual_encoder import DualEncoderSpec
