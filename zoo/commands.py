@@ -218,6 +218,12 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gelu", action="store_true", help="openai: GELU, not QuickGELU")
     parser.add_argument("--vision-heads", type=int, help="openai: vision attention heads")
     parser.add_argument("--text-heads", type=int, help="openai: text attention heads")
+    parser.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a LoRA-tuned .ckpt (ViSFT stage 2): write the adapter alone; load it with "
+        "zoo.load(NAME, base=BASE)",
+    )
     return parser
 
 
@@ -245,6 +251,7 @@ def export_command(argv: Sequence[str]) -> int:
             quick_gelu=not args.gelu,
             vision_heads=args.vision_heads,
             text_heads=args.text_heads,
+            adapter_only=args.adapter_only,
         )
     except (OSError, ValueError, RuntimeError) as err:
         parser.error(str(err))
@@ -253,7 +260,8 @@ def export_command(argv: Sequence[str]) -> int:
     print(
         f"  weights {weights.stat().st_size / 1e6:.2f} MB, sha256 {result.config['weights']['sha256']}"
     )
-    print(f"  load:    zoo.load('local-dir:{result.root}')")
+    base = ", base=BASE" if args.adapter_only else ""
+    print(f"  load:    zoo.load('local-dir:{result.root}'{base})")
     print(f"  install: pip install --no-build-isolation {result.root}")
     if result.wheel:
         print(f"  wheel:   {result.wheel}")

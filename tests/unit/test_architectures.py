@@ -201,7 +201,14 @@ def test_vlm_roundtrip(tmp_path) -> None:
 
 
 def test_every_registered_architecture_has_a_roundtrip_test() -> None:
-    assert set(ARCHITECTURES) == {"dual_encoder", "vision_encoder", "clip_head", "vlm"}
+    # lora_adapter: tests/unit/test_adapter_package.py (it needs a LoRA-tuned module and a base)
+    assert set(ARCHITECTURES) == {
+        "dual_encoder",
+        "vision_encoder",
+        "clip_head",
+        "vlm",
+        "lora_adapter",
+    }
 
 
 # --------------------------------------------------------------------------- Lightning
@@ -351,7 +358,8 @@ def _edited(folder: Path, tmp_path: Path, edit) -> Path:
         (lambda c: c["architecture"].update(spec_v2={}), r"architecture\.spec_v2: Extra inputs"),
         (
             lambda c: c["architecture"].update(type="mystery"),
-            r"'mystery' is not a known architecture \(known: clip_head, dual_encoder, vision_encoder, vlm\)",
+            r"'mystery' is not a known architecture \(known: clip_head, dual_encoder, lora_adapter, "
+            r"vision_encoder, vlm\)",
         ),
         (
             lambda c: c["architecture"]["spec"]["vision"].update(checkpoint="/x.pt"),

@@ -5,7 +5,9 @@
 - :func:`list_models` (``zoo.list_models``): installed model packages (``zoo.models``);
 - :func:`export_model` (``zoo export``): Lightning checkpoints, HF CLIP folders and OpenAI /
   open_clip state dicts → model folder + package source tree (+ wheel);
-- :func:`load_backbone_into`: a stored ``backbone.*`` into another paper's ``encoder``.
+- :func:`load_backbone_into`: a stored ``backbone.*`` into another paper's ``encoder``;
+- LoRA adapter packages (``zoo export --adapter-only``, ``zoo.load(ADAPTER, base=BASE)``):
+  :mod:`zoo.hub.adapter`.
 
 Attributes load lazily: ``list_models`` and name resolution never import torch.
 """
@@ -35,6 +37,7 @@ _EXPORTS = {
     "UnsafePathError": "zoo.hub.security",
     "UnsafeConfigError": "zoo.hub.security",
     "UntrustedCheckpointError": "zoo.hub.security",
+    "BaseWeightsMismatchError": "zoo.hub.adapter",
 }
 
 __all__ = sorted(_EXPORTS)

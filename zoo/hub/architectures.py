@@ -13,7 +13,8 @@ Each architecture registers, under the ``type`` name its ``config.json`` entry c
 Built in: ``dual_encoder`` (CLIP / SLIP: format version 1, exactly as before), ``vision_encoder``
 (a timm ViT: MAE, DINO), ``clip_head`` (a frozen dual encoder + a :mod:`zoo.backbones.clip_head`
 head: linear, adapter, and the types families register) and ``vlm`` (vision encoder + projector
-+ Hugging Face causal LM). A module tells ``zoo export`` what it is with an optional
++ Hugging Face causal LM) and ``lora_adapter`` (the LoRA matrices alone, merged into a base
+``vision_encoder`` at load: :mod:`zoo.hub.adapter`). A module tells ``zoo export`` what it is with an optional
 ``export_model() -> (type_name, nn.Module)``; see :func:`module_architecture`.
 
 Importing this module does not import torch (``zoo list --models`` validates configs).
@@ -49,6 +50,10 @@ class Architecture:
     uses_text: bool = True
     format_version: int = FORMAT_VERSION
     check: Callable[[Mapping[str, Any]], None] | None = None
+    #: Adapters only (``lora_adapter``): ``attach(entry, weights, base, trust_pickle, name)``
+    #: gives the final module from the package's weights and a base model (``zoo.load(...,
+    #: base=)``); an architecture that sets it cannot be loaded without a base.
+    attach: Callable[..., nn.Module] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -272,5 +277,74 @@ register_architecture(
         _describe_vlm,
         protocols=("features", "logits"),
         check=_check_vlm,
+    )
+)
+
+# --------------------------------------------------------------------------- lora_adapter
+
+
+class LoraEntry(Entry):
+    """:class:`zoo.lora.LoraSpec` as stored in an adapter's entry."""
+
+    r: int = Field(ge=1)
+    alpha: float
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(min_length=1)
+    qv_only: bool
+    modules_to_save: list[str] | None = None
+
+
+class LoraAdapterEntry(ArchitectureBase):
+    type: Literal["lora_adapter"]
+    base: dict[str, Any]
+    base_module: str = Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)?$")
+    lora: LoraEntry
+    base_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+#: Base architectures an adapter package may name: their loaded model answers ``features``
+#: and reads no text, which is what ``lora_adapter`` advertises.
+ADAPTER_BASES = ("vision_encoder",)
+
+
+def _check_lora_adapter(entry: Mapping[str, Any]) -> None:
+    base = entry["base"]
+    kind = base.get("type") if isinstance(base, Mapping) else None
+    if kind not in ADAPTER_BASES:
+        raise UnsafeConfigError(
+            f"config.json architecture.base.type {kind!r}: an adapter's base must be one of "
+            f"{list(ADAPTER_BASES)}"
+        )
+    validate_architecture(base)  # the base's own schema and checks (inert spec, ...)
+
+
+def _build_lora_adapter(entry: Mapping[str, Any]) -> nn.Module:
+    from zoo.hub.adapter import build_adapter
+
+    return build_adapter(entry)
+
+
+def _describe_lora_adapter(module: nn.Module) -> dict[str, Any]:
+    from zoo.hub.adapter import describe_adapter
+
+    return describe_adapter(module)
+
+
+def _attach_lora_adapter(*args: Any, **kwargs: Any) -> nn.Module:
+    from zoo.hub.adapter import attach_adapter
+
+    return attach_adapter(*args, **kwargs)
+
+
+register_architecture(
+    Architecture(
+        "lora_adapter",
+        LoraAdapterEntry,
+        _build_lora_adapter,
+        _describe_lora_adapter,
+        protocols=("features",),
+        uses_text=False,
+        check=_check_lora_adapter,
+        attach=_attach_lora_adapter,
     )
 )

@@ -43,6 +43,15 @@ def _architecture_rows(arch: Mapping[str, Any]) -> list[str]:
             f"| Projector | `{arch['projector']}` |",
             f"| Language model | `{lm.get('model_type')}`, hidden {lm.get('hidden_size')} |",
         ]
+    if kind == "lora_adapter":
+        lora, base = arch["lora"], arch["base"]
+        part = "q and v of each fused qkv" if lora["qv_only"] else "whole modules"
+        return [
+            f"| Base | `{base['type']}`: {_vision_summary(base['spec'])}, weights sha256 "
+            f"`{arch['base_sha256']}` |",
+            f"| LoRA | r {lora['r']}, alpha {lora['alpha']} on `{', '.join(lora['target_modules'])}`"
+            f" ({part}), at `{arch['base_module'] or '(the base)'}` |",
+        ]
     return [f"| Architecture | `{kind}` |"]
 
 
@@ -51,6 +60,7 @@ _KIND_TEXT = {
     "vision_encoder": "image encoder",
     "clip_head": "frozen image–text encoder with a classifier head",
     "vlm": "vision–language model",
+    "lora_adapter": "LoRA adapter (the LoRA matrices alone, merged into their base at load)",
 }
 
 
@@ -75,6 +85,12 @@ def _usage(arch: Mapping[str, Any]) -> list[str]:
         return lines
     if kind == "vlm":
         return ["logits = model.logits([pil_image], token_ids)  # next-token logits"]
+    if kind == "lora_adapter":
+        return [
+            "# an adapter loads only with the base it was trained on (sha256 checked):",
+            '# model = zoo.load("local-dir:path/to/adapter", base="local-dir:path/to/base")',
+            "features = model.features([pil_image])  # the base with the adapter merged",
+        ]
     return ["features = model.features([pil_image])  # model.transform applied"]
 
 

@@ -193,13 +193,21 @@ def export_model(
     quick_gelu: bool = True,
     vision_heads: int | None = None,
     text_heads: int | None = None,
+    adapter_only: bool = False,
 ) -> ExportResult:
     """Export ``source`` (Lightning checkpoint, HF CLIP folder or OpenAI state dict) as model
     ``name`` into the package source tree ``out``; with ``wheel``, also build its wheel
-    (into ``wheel_dir``, default ``out/dist``)."""
+    (into ``wheel_dir``, default ``out/dist``).
+
+    ``adapter_only`` (``--adapter-only``): a checkpoint of a module with a peft-wrapped
+    backbone (ViSFT stage 2) is exported as its LoRA adapter alone, a ``lora_adapter``
+    package that ``zoo.load(NAME, base=BASE)`` merges into its base (:mod:`zoo.hub.adapter`);
+    a module without an adapter is refused."""
     check_name(name)
     out = Path(out).expanduser()
-    src = read_source(source, fmt, trust_pickle, class_path, quick_gelu, vision_heads, text_heads)
+    src = read_source(
+        source, fmt, trust_pickle, class_path, quick_gelu, vision_heads, text_heads, adapter_only
+    )
     if recipe is not None:
         src.recipe = Path(recipe)
     _prepare_out(out, name, overwrite)

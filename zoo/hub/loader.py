@@ -19,6 +19,7 @@ def load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     trust_pickle: bool = False,
+    base: ZooModel | str | Path | None = None,
 ) -> ZooModel:
     """Load a zoo model: an installed package name, ``local-dir:PATH`` or
     ``hf-hub:ORG/NAME[@REV]`` (online only).
@@ -26,9 +27,17 @@ def load(
     Weights load only from safetensors whose sha256 matches ``config.json`` and the
     ``.sha256`` file (pickles only with ``trust_pickle=True``). Returns a :class:`ZooModel`
     in eval mode, in ``dtype`` (float32 by default, whatever the stored dtype) on ``device``.
+
+    A LoRA adapter package (``zoo export --adapter-only``, :mod:`zoo.hub.adapter`) loads only
+    with ``base``: the model it was trained on (a loaded :class:`ZooModel`, a model folder, or
+    a name / ``local-dir:`` / ``hf-hub:`` URI). The base's weights must hash to the sha256 the
+    adapter records (else :class:`~zoo.hub.adapter.BaseWeightsMismatchError`); the result is
+    the base with the adapter merged, with the adapter package's preprocessing and config.
     """
     folder = resolve_model_dir(name_or_uri)
-    return load_model_folder(folder, device=device, dtype=dtype, trust_pickle=trust_pickle)
+    return load_model_folder(
+        folder, device=device, dtype=dtype, trust_pickle=trust_pickle, base=base
+    )
 
 
 def _target_encoder(module: nn.Module) -> DualEncoder:

@@ -194,14 +194,32 @@ def load_model_folder(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     trust_pickle: bool = False,
+    base: Any = None,
 ) -> ZooModel:
     """Build the model a folder describes and load its verified weights (strict), then cast
-    it to ``dtype`` (whatever dtype the weights are stored in) on ``device``."""
+    it to ``dtype`` (whatever dtype the weights are stored in) on ``device``.
+
+    An adapter package (``lora_adapter``, :mod:`zoo.hub.adapter`) needs ``base``: the model
+    its adapter was trained on (a :class:`ZooModel`, a model folder, or a name / URI), whose
+    weights must hash to the digest the adapter records; the loaded model is that base with
+    the adapter merged. Other packages refuse ``base``."""
     folder = Path(folder).resolve()
     config = read_config(folder)
+    arch = get_architecture(config["architecture"]["type"])
+    if arch.attach is None and base is not None:
+        raise ValueError(
+            f"{config['name']} is a {arch.name!r} package, not an adapter: it takes no base="
+        )
+    if arch.attach is not None and base is None:  # attach raises its 'needs a base' error
+        arch.attach(config["architecture"], {}, None, trust_pickle, config["name"])
     backbone_state, head_states = split_state(load_weights(folder, config, trust_pickle))
-    encoder = get_architecture(config["architecture"]["type"]).build(config["architecture"])
-    encoder.load_state_dict(backbone_state, strict=True)
+    if arch.attach is not None:
+        encoder = arch.attach(
+            config["architecture"], backbone_state, base, trust_pickle, config["name"]
+        )
+    else:
+        encoder = arch.build(config["architecture"])
+        encoder.load_state_dict(backbone_state, strict=True)
     heads = {name: build_head(entry) for name, entry in config["heads"].items()}
     if set(head_states) != set(heads):
         raise ValueError(

@@ -161,7 +161,10 @@ def _inert_hparams(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_lightning(
-    path: Path, trust_pickle: bool = False, class_path: str | None = None
+    path: Path,
+    trust_pickle: bool = False,
+    class_path: str | None = None,
+    adapter_only: bool = False,
 ) -> ExportSource:
     """A ``zoo fit`` checkpoint: the module is rebuilt from ``hyper_parameters``
     (``_class_path`` + init args), its state loaded strictly. What is exported comes from the
@@ -169,7 +172,12 @@ def from_lightning(
     dual encoder at ``.encoder`` plus every other child with weights as a head);
     preprocessing and tokenizer from the spec the datamodule recorded in the checkpoint
     (``checkpoint["preprocess"]``; older checkpoints: rebuilt from
-    ``datamodule_hyper_parameters`` by :meth:`PreprocessSpec.from_hparams`)."""
+    ``datamodule_hyper_parameters`` by :meth:`PreprocessSpec.from_hparams`).
+
+    ``adapter_only``: export the LoRA adapter of the module's peft-wrapped backbone alone
+    (a ``lora_adapter``, :mod:`zoo.hub.adapter`), described against what ``export_model()``
+    gives; ``provenance.base_sha256`` is then the digest of the base weights the adapter
+    was trained on, computed from the checkpoint's weights."""
     if not trust_pickle:
         raise _refuse_ckpt(path)
     ckpt = _read_ckpt(path)
@@ -193,6 +201,13 @@ def from_lightning(
             "export (see zoo.hub.architectures)"
         )
     arch_name, model = found
+    size_model = model
+    if adapter_only:
+        from zoo.hub.adapter import ADAPTER, module_adapter
+
+        if not callable(getattr(module, "export_model", None)):
+            raise ValueError(f"{class_path} has no export_model(): no base for an adapter")
+        arch_name, model = ADAPTER, module_adapter(module, found)
     heads: dict[str, nn.Module] = {}
     if not callable(getattr(module, "export_model", None)):  # CLIP / SLIP: extra heads
         heads = {
@@ -204,7 +219,7 @@ def from_lightning(
         preprocess = PreprocessSpec.from_config(ckpt["preprocess"])
     else:  # checkpoints written before the record existed
         preprocess = PreprocessSpec.from_hparams(
-            dict(ckpt.get("datamodule_hyper_parameters") or {}), **_size_defaults(model)
+            dict(ckpt.get("datamodule_hyper_parameters") or {}), **_size_defaults(size_model)
         )
     if not get_architecture(arch_name).uses_text:
         preprocess = dataclasses.replace(preprocess, tokenizer=None)
@@ -222,6 +237,8 @@ def from_lightning(
             "global_step": ckpt.get("global_step"),
             # an adapted model (few-shot head on a frozen CLIP): the base weights' identity
             **({"base_sha256": module.base_sha256} if hasattr(module, "base_sha256") else {}),
+            # an adapter: the digest its package checks the base against at load
+            **({"base_sha256": model.fields["base_sha256"]} if adapter_only else {}),
         },
     )
 
@@ -275,14 +292,21 @@ def read_source(
     quick_gelu: bool = True,
     vision_heads: int | None = None,
     text_heads: int | None = None,
+    adapter_only: bool = False,
 ) -> ExportSource:
-    """Read any supported source (``fmt="auto"``: see :func:`detect_format`)."""
+    """Read any supported source (``fmt="auto"``: see :func:`detect_format`);
+    ``adapter_only``: a Lightning checkpoint's LoRA adapter alone (:func:`from_lightning`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"export source not found: {path}")
     fmt = detect_format(path) if fmt == "auto" else fmt
+    if adapter_only and fmt != "lightning":
+        raise ValueError(
+            f"--adapter-only exports the LoRA adapter of a zoo fit checkpoint; {path} is "
+            f"read as {fmt!r}, which has none"
+        )
     if fmt == "lightning":
-        return from_lightning(path, trust_pickle, class_path)
+        return from_lightning(path, trust_pickle, class_path, adapter_only)
     if fmt == "hf-clip":
         return from_hf_clip(path)
     if fmt == "openai":
