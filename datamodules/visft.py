@@ -339,6 +339,10 @@ class ViSFTDataModule(ZooDataModule):
         pin_memory: pin batches in page-locked memory.
         drop_last: drop each task's last incomplete batch in training.
         max_pixels: the decoding budget of one image (:func:`zoo.data.samples.decode_image`).
+        tokenizer: the text tokenizer of caption retrieval (``clip-bpe`` or a local
+            tokenizer folder), for a backbone that comes with a text tower
+            (``model.base``); ``None``: no retrieval.
+        context_length: the tokenizer's context length (the base's text tower's).
     """
 
     def __init__(
@@ -368,6 +372,8 @@ class ViSFTDataModule(ZooDataModule):
         pin_memory: bool = False,
         drop_last: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        tokenizer: str | None = None,
+        context_length: int = 77,
     ):
         from zoo.data.task_mix import normalise_ratios
 
@@ -420,6 +426,8 @@ class ViSFTDataModule(ZooDataModule):
         self.left_right_query = left_right_query
         self.mean, self.std = tuple(mean), tuple(std)
         self.max_pixels = max_pixels
+        self.tokenizer_name = tokenizer
+        self.context_length = int(context_length)
         # what setup() fills
         self.vocab: Any = None
         self.num_classes: dict[str, int] = {}
@@ -495,7 +503,8 @@ class ViSFTDataModule(ZooDataModule):
             mean=self.mean,  # type: ignore[arg-type]
             std=self.std,  # type: ignore[arg-type]
             interpolation="bilinear",
-            tokenizer=None,
+            tokenizer=self.tokenizer_name,
+            context_length=self.context_length,
         )
 
     def _image_transform(self) -> SquareImage:

@@ -35,9 +35,20 @@ Ablations of the small reproduction: ``finetune: full`` trains every backbone we
 of LoRA; ``random_heads: true`` runs stage 2 through untrained (randomly initialised,
 frozen) heads.
 
+Base model (``base``): instead of a ``backbone`` spec (random or ``checkpoint`` weights), the
+image tower of a pretrained dual encoder (:class:`~zoo.fewshot.clip_source.CLIPSource`: a zoo
+package, a ``zoo fit`` checkpoint such as the CLIP-style pre-training of the small
+reproduction, a Hugging Face or OpenAI CLIP). Its text tower, projections and logit scale are
+kept frozen beside it (``text_side``), so the module answers ``text_features`` and
+``features(kind="embed")`` is the joint-space image embedding: zero-shot caption retrieval
+(:class:`~zoo.eval.visft.CaptionRetrievalEval`) before and after stage 2.
+
 Export: :meth:`export_model` gives a ``vision_encoder`` with the LoRA deltas merged
 (``W + (alpha/r)·BA``), loadable by ``timm.create_model(same args)``; :meth:`save_adapter`
-writes the adapter alone (peft's files).
+writes the adapter alone (peft's files). ``zoo export CKPT --adapter-only`` writes the adapter
+alone as a ``lora_adapter`` model package (the LoRA matrices, the base ``vision_encoder``
+entry, the LoRA spec and the base weights' sha256); ``zoo.load(ADAPTER, base=BASE)`` merges
+it into a base whose weights hash to that digest and refuses any other.
 
 Evaluation (:mod:`zoo.eval.visft`): the module answers ``features`` (the backbone's pooled
 feature: the out-of-domain probes), ``detect``, ``segment`` and ``caption`` (in-domain
@@ -56,6 +67,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from zoo.backbones.vision import VisionSpec
+from zoo.fewshot.clip_source import CLIPSource
 from zoo.freeze import FrozenTower
 from zoo.lora import LoraSpec, apply_lora_spec, merged_state_dict, save_adapter
 from zoo.module import ZooModule
@@ -103,7 +115,10 @@ class ViSFT(ZooModule):
 
     Args:
         backbone: the ViT (:class:`~zoo.backbones.vision.VisionSpec`; ``checkpoint`` a local
-            weights file).
+            weights file); unset with ``base``.
+        base: a pretrained dual encoder whose image tower is the backbone and whose frozen
+            text tower answers caption retrieval (:class:`~zoo.fewshot.clip_source.CLIPSource`;
+            a ``zoo fit`` checkpoint needs ``trust_pickle: true``).
         stage: 1 (heads on the frozen backbone) or 2 (LoRA through the frozen heads).
         tasks: the heads to build; ``None`` = the datamodule's ``tasks``.
         detection: the DETR head's spec (a mapping with ``preset: tiny | paper`` and
@@ -122,7 +137,7 @@ class ViSFT(ZooModule):
 
     def __init__(
         self,
-        backbone: VisionSpec | dict[str, Any],
+        backbone: VisionSpec | dict[str, Any] | None = None,
         stage: Literal[1, 2] = 1,
         tasks: list[Task] | None = None,
         detection: dict[str, Any] | None = None,
@@ -134,6 +149,7 @@ class ViSFT(ZooModule):
         lora: LoraSpec | dict[str, Any] | None = None,
         patch_embed_requires_grad: bool = True,
         optim: OptimSpec | dict[str, Any] | None = None,
+        base: CLIPSource | dict[str, Any] | None = None,
     ):
         default = VISFT_STAGE1_OPTIM if stage == 1 else VISFT_STAGE2_OPTIM
         super().__init__(merge_onto(default, optim))
@@ -151,13 +167,27 @@ class ViSFT(ZooModule):
             )
         self.stage = stage
         self.finetune = finetune
-        self.backbone_spec = to_spec(VisionSpec, backbone)
         self.head_specs = {"detection": detection, "segmentation": segmentation, "caption": caption}
         self.lora_spec = to_spec(
             LoraSpec,
             lora if lora is not None else {"r": 64, "alpha": 1.0, "qv_only": True},
         )
-        vit = build_backbone(self.backbone_spec)
+        self.text_side: nn.Module | None = None
+        if base is not None:
+            if backbone is not None:
+                raise ValueError(
+                    "set model.backbone or model.base, not both: the base's image tower is "
+                    "the backbone"
+                )
+            vit, self.backbone_spec, text_side = _base_towers(base)
+            self.text_side = FrozenTower(text_side, no_grad=True)
+        elif backbone is None:
+            raise ValueError(
+                "model.backbone (a ViT spec) or model.base (a pretrained model) is needed"
+            )
+        else:
+            self.backbone_spec = to_spec(VisionSpec, backbone)
+            vit = build_backbone(self.backbone_spec)
         self.base_sha256 = state_sha256(vit)
         self.grid_input = int(self.backbone_spec.img_size)
         if stage == 1:
@@ -322,6 +352,9 @@ class ViSFT(ZooModule):
         stored = checkpoint.get(VISFT_KEY)
         if stored is None:
             raise KeyError(f"checkpoint has no {VISFT_KEY!r} entry (not a ViSFT checkpoint)")
+        # a module rebuilt from hyper-parameters (zoo export) may hold a fresh random
+        # backbone until the state dict loads: the weights the run started from are recorded
+        self.base_sha256 = stored.get("backbone_sha256") or self.base_sha256
         if not self.heads:
             vocab = None
             if stored.get("vocab") is not None:
@@ -390,8 +423,19 @@ class ViSFT(ZooModule):
 
     # --- protocols (zoo.protocols, zoo.eval.visft) -------------------------------------------
     def features(self, images: Tensor, kind: FeatureKind = "embed") -> Tensor:
-        """The backbone's pooled feature (the same for ``embed`` and ``trunk``: no projection)."""
-        return pooled_features(self.vit, images)
+        """The backbone's pooled feature (``trunk``); ``embed`` is the same without a base
+        text tower, and its joint-space image embedding (pooled × the base's image
+        projection) with one."""
+        pooled = pooled_features(self.vit, images)
+        if kind == "embed" and self.text_side is not None:
+            return pooled @ self.text_side.module.image_projection
+        return pooled
+
+    def text_features(self, tokens: Tensor) -> Tensor:
+        """The base's frozen text embedding (only with ``model.base``)."""
+        if self.text_side is None:
+            raise AttributeError("text_features needs a base model with a text tower (model.base)")
+        return self.text_side(tokens)
 
     def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
         """DETR's ``PostProcess``: per query the best real class and its probability, boxes
@@ -443,6 +487,39 @@ class ViSFT(ZooModule):
         if self.stage != 2 or self.finetune != "lora":
             raise ValueError("only a stage-2 LoRA model has an adapter to save")
         return save_adapter(self.backbone, directory)
+
+
+class _TextSide(nn.Module):
+    """The text half of a dual encoder (text tower, projections, logit scale), beside the
+    image tower that ViSFT fine-tunes: ``forward(tokens)`` is ``encode_text``."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.text = encoder.text
+        self.text_projection = encoder.text_projection
+        self.image_projection = encoder.image_projection
+        self.logit_scale = encoder.logit_scale
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.text(tokens) @ self.text_projection
+
+
+def _base_towers(base: CLIPSource | dict[str, Any]) -> tuple[nn.Module, VisionSpec, nn.Module]:
+    """The base dual encoder's image tower (a timm ViT), its spec and its text side."""
+    from zoo.fewshot.clip_source import load_clip
+
+    encoder = load_clip(base).encoder
+    spec = getattr(getattr(encoder, "spec", None), "vision", None)
+    if spec is None:
+        raise ValueError("model.base: the dual encoder records no vision spec (encoder.spec)")
+    vit = encoder.visual
+    if not hasattr(vit, "patch_embed") or not hasattr(vit, "forward_features"):
+        raise ValueError(
+            f"model.base: ViSFT needs a ViT image tower with patch tokens; the base has a "
+            f"{type(vit).__name__}"
+        )
+    vit.train()
+    return vit, dataclasses.replace(spec, checkpoint=None), _TextSide(encoder)
 
 
 class _Selected(nn.Module):

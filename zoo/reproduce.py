@@ -8,8 +8,12 @@ adds one entry per metric to ``recipes/<paper>/metafile.yaml`` under ``reproduce
 
 A recipe may declare in its header recipes to fit first, with the same seed: each line
 ``# after: KEY = RECIPE`` fits RECIPE, then passes its last checkpoint as the config value
-KEY (ViSFT: the three stage-1 head recipes, then stage 2 with ``model.init_args.heads_from``
-set to their checkpoints). Their metrics are recorded too, named ``<recipe stem>:<metric>``.
+KEY (ViSFT: the base model, then the three stage-1 head recipes on it, then stage 2 with
+``model.init_args.heads_from`` set to their checkpoints). Prerequisites may have their own;
+each recipe is fitted once per seed. Their metrics are recorded too, named
+``<recipe stem>:<metric>``. ``--reuse-prerequisites`` keeps fitted prerequisites under
+``runs/reproduce/prerequisites/`` and reuses one fitted from the same recipe, seed, inputs and
+code (an ablation that differs only in its last stage does not refit the shared stages).
 
 The few-shot protocol sweeps shots × seeds (:func:`sweep`): ``--shots 1 2 4 8 16`` runs the
 recipe once per shot count K and seed s with ``--data.init_args.shots K``,
@@ -103,8 +107,18 @@ def prerequisites(recipe: str | Path) -> list[tuple[str, Path]]:
             key, sep, path = line[len(AFTER_PREFIX) :].partition("=")
             if not sep or not key.strip() or not path.strip():
                 raise ValueError(f"{recipe}: expected '{AFTER_PREFIX} KEY = RECIPE', got {line!r}")
-            out.append((key.strip(), Path(path.strip())))
+            out.append((key.strip(), _recipe_path(Path(path.strip()), Path(recipe))))
     return out
+
+
+def _recipe_path(path: Path, named_by: Path) -> Path:
+    """A recipe named in an ``# after:`` line: as given when it exists from the working
+    folder (or is absolute), else relative to the checkout that holds ``named_by``
+    (``recipes/<paper>/<file>``: two folders up)."""
+    if path.is_absolute() or path.exists():
+        return path
+    root = named_by.resolve().parents[2]
+    return root / path if (root / path).exists() else path
 
 
 def _nested_overrides(values: dict[str, str]) -> list[str]:
@@ -117,29 +131,121 @@ def _nested_overrides(values: dict[str, str]) -> list[str]:
     return [f"--{parent}={json.dumps(leaves)}" for parent, leaves in grouped.items()]
 
 
-def run_seed(recipe: str, seed: int, overrides: Sequence[str]) -> tuple[dict[str, float], str]:
-    """Fit once (after the recipe's ``# after:`` prerequisites, with the same seed); return the
-    evaluation callbacks' metrics (a prerequisite's as ``<its recipe stem>:<metric>``) and the
-    resolved config (YAML)."""
-    from zoo.lightning_cli import run_lightning_cli
+#: Where ``--reuse-prerequisites`` keeps fitted prerequisites (relative to the working folder).
+PREREQUISITE_CACHE = Path("runs/reproduce/prerequisites")
 
-    metrics: dict[str, float] = {}
-    chained: dict[str, str] = {}
-    for key, before in prerequisites(recipe):
-        print(f"[zoo reproduce] {recipe}: fitting {before} first (-> {key})", flush=True)
-        cli = run_lightning_cli(["fit", "--config", str(before), "--seed_everything", str(seed)])
+
+def _file_sha256(path: str | Path) -> str:
+    from zoo.hub.security import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def _code_identity() -> str:
+    """The commit, plus the sha256 of the uncommitted diff when the tree is dirty: a
+    prerequisite fitted by other code is never reused."""
+    commit = _git("rev-parse", "HEAD")
+    if _code_is_dirty():
+        commit += "+" + hashlib.sha256(_git("diff", "HEAD").encode()).hexdigest()[:16]
+    return commit
+
+
+class PrerequisiteChain:
+    """Fits a recipe's ``# after:`` prerequisites depth first, each once per seed (a recipe
+    named by two later ones, such as a shared base model, is fitted once). With ``reuse``,
+    a prerequisite is taken from :data:`PREREQUISITE_CACHE` when one was fitted from the same
+    recipe text, seed, inputs (the sha256 of each checkpoint passed to it) and code; a new
+    fit is copied there. ``extra``: arguments added to every prerequisite's fit (tests:
+    ``--trainer.max_steps 2``)."""
+
+    def __init__(self, seed: int, reuse: bool = False, extra: Sequence[str] = ()):
+        self.seed = seed
+        self.reuse = reuse
+        self.extra = list(extra)
+        self.fitted: dict[Path, str] = {}
+        self.metrics: dict[str, float] = {}
+
+    def overrides(self, recipe: str | Path, stack: tuple[Path, ...] = ()) -> list[str]:
+        """The ``--KEY=checkpoint`` arguments of ``recipe``'s prerequisites (fitting them)."""
+        chained: dict[str, str] = {}
+        for key, before in prerequisites(recipe):
+            where = before.resolve()
+            if where in stack or where == Path(recipe).resolve():
+                raise ValueError(f"{recipe}: '# after:' lines form a cycle through {before}")
+            if where not in self.fitted:
+                self.fitted[where] = self._fit(before, (*stack, Path(recipe).resolve()))
+            chained[key] = self.fitted[where]
+        return _nested_overrides(chained)
+
+    def _fit(self, recipe: Path, stack: tuple[Path, ...]) -> str:
+        from zoo.lightning_cli import run_lightning_cli
+
+        inputs = self.overrides(recipe, stack)
+        key = None
+        if self.reuse:
+            key = self._cache_key(recipe, inputs)
+            cached = PREREQUISITE_CACHE / f"{recipe.stem}-seed{self.seed}-{key[:16]}"
+            if (cached / "last.ckpt").is_file() and (cached / "metrics.json").is_file():
+                print(
+                    f"[zoo reproduce] reusing {recipe} seed {self.seed} from {cached}", flush=True
+                )
+                self._record(recipe, json.loads((cached / "metrics.json").read_text()))
+                return str(cached / "last.ckpt")
+        print(f"[zoo reproduce] fitting {recipe} first (seed {self.seed})", flush=True)
+        args = ["fit", "--config", str(recipe), "--seed_everything", str(self.seed)]
+        cli = run_lightning_cli([*args, *inputs, *self.extra])
+        results: dict[str, float] = {}
         for callback in cli.trainer.callbacks:
-            for name, value in (getattr(callback, "results", {}) or {}).items():
-                metrics[f"{before.stem}:{name}"] = value
+            results.update(getattr(callback, "results", {}) or {})
+        self._record(recipe, results)
         checkpoint = cli.trainer.checkpoint_callback
         path = checkpoint.last_model_path if checkpoint is not None else ""
         if not path:
             raise RuntimeError(
-                f"{before} saved no checkpoint (it needs ModelCheckpoint with save_last)"
+                f"{recipe} saved no checkpoint (it needs ModelCheckpoint with save_last)"
             )
-        chained[key] = path
+        path = str(Path(path).resolve())  # the working folder may change before it is used
+        if key is None:
+            return path
+        import shutil
+
+        cached = PREREQUISITE_CACHE / f"{recipe.stem}-seed{self.seed}-{key[:16]}"
+        cached.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, cached / "last.ckpt")
+        (cached / "metrics.json").write_text(json.dumps(results, indent=1))
+        return str(cached / "last.ckpt")
+
+    def _record(self, recipe: Path, results: dict[str, float]) -> None:
+        for name, value in results.items():
+            self.metrics[f"{recipe.stem}:{name}"] = value
+
+    def _cache_key(self, recipe: Path, inputs: list[str]) -> str:
+        chained = {}
+        for arg in inputs:  # --KEY={"leaf": checkpoint path, ...}
+            name, _, value = arg.partition("=")
+            chained[name] = {k: _file_sha256(v) for k, v in sorted(json.loads(value).items())}
+        identity = {
+            "recipe": hashlib.sha256(recipe.read_bytes()).hexdigest(),
+            "seed": self.seed,
+            "inputs": chained,
+            "code": _code_identity(),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def run_seed(
+    recipe: str, seed: int, overrides: Sequence[str], reuse_prerequisites: bool = False
+) -> tuple[dict[str, float], str]:
+    """Fit once (after the recipe's ``# after:`` prerequisites, with the same seed: see
+    :class:`PrerequisiteChain`); return the evaluation callbacks' metrics (a prerequisite's as
+    ``<its recipe stem>:<metric>``) and the resolved config (YAML)."""
+    from zoo.lightning_cli import run_lightning_cli
+
+    chain = PrerequisiteChain(seed, reuse_prerequisites)
+    chained = chain.overrides(recipe)
     args = ["fit", "--config", recipe, "--seed_everything", str(seed)]
-    cli = run_lightning_cli([*args, *_nested_overrides(chained), *overrides])
+    cli = run_lightning_cli([*args, *chained, *overrides])
+    metrics = dict(chain.metrics)
     for callback in cli.trainer.callbacks:
         metrics.update(getattr(callback, "results", {}) or {})
     config = cli.parser.dump(cli.config, skip_none=False)
@@ -340,6 +446,12 @@ def reproduce_command(argv: Sequence[str]) -> int:
         help="with --shots: a zoo fit override for some shot counts, e.g. "
         "1:trainer.max_epochs=50 2,4:trainer.max_epochs=100 8,16:trainer.max_epochs=200",
     )
+    parser.add_argument(
+        "--reuse-prerequisites",
+        action="store_true",
+        help="reuse '# after:' prerequisites fitted earlier from the same recipe text, seed, "
+        "inputs and code (kept under runs/reproduce/prerequisites/)",
+    )
     parser.add_argument("--scale", default=None, help="what was run, e.g. 'tiny: digits 16px, CPU'")
     parser.add_argument("--out", default=None, help="JSON record path (default runs/reproduce/...)")
     parser.add_argument("--append", action="store_true", help="append the result to the metafile")
@@ -382,7 +494,7 @@ def reproduce_command(argv: Sequence[str]) -> int:
         print(
             f"[zoo reproduce] {recipe} seed {seed} ({len(per_seed) + 1}/{len(seeds)})", flush=True
         )
-        metrics, config = run_seed(str(recipe), seed, overrides)
+        metrics, config = run_seed(str(recipe), seed, overrides, args.reuse_prerequisites)
         per_seed.append(metrics)
         configs.append(config)
     # the seed is the only difference between runs; hash the first run's resolved config

@@ -378,3 +378,84 @@ def test_zoo_export_of_a_stage2_checkpoint_loads_as_the_merged_backbone(tmp_path
         torch.testing.assert_close(
             loaded.features(image), module.features(image), atol=1e-5, rtol=0
         )
+
+
+# ------------------------------------------------------------------------------- base model
+def test_base_model_from_a_clip_checkpoint_gives_backbone_and_retrieval(tmp_path, monkeypatch):
+    """``model.base``: a CLIP fitted on the generated scenes' captions (``source: scenes``,
+    read as COCO captions) becomes the backbone, bit for bit; its frozen text side answers
+    ``text_features`` and ``features(kind="embed")`` as the dual encoder does; the stage-1
+    heads record the base's weights and stage 2 on the same base accepts them."""
+    import lightning as L
+
+    from datamodules.clip import CLIPDataModule
+    from lightning_modules.clip import CLIP
+    from zoo.backbones import DualEncoder
+    from zoo.fewshot.clip_source import load_clip
+    from zoo.freeze import FrozenTower
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    data = CLIPDataModule(
+        source="scenes",
+        scenes={"splits": {"train": 16, "val": 8}, "image_size": 32, "seed": 1},
+        image_size=32,
+        train_transform="eval",
+        context_length=24,
+        batch_size=8,
+    )
+    encoder = {
+        "vision": VIT,
+        "text": {"vocab_size": 49408, "width": 32, "layers": 1, "heads": 2, "context_length": 24},
+        "embed_dim": 16,
+    }
+    clip = CLIP(encoder=encoder, optim={"lr": 1e-3})
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(clip, datamodule=data)
+    ckpt = tmp_path / "clip.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)  # `zoo fit` records the module's class
+    saved["hyper_parameters"]["_class_path"] = "lightning_modules.clip.CLIP"
+    torch.save(saved, ckpt)
+
+    base = {"path": str(ckpt), "trust_pickle": True}
+    with pytest.raises(Exception, match="pickle"):  # a Lightning checkpoint needs trust
+        ViSFT(base={"path": str(ckpt)})
+    with pytest.raises(ValueError, match="not both"):
+        ViSFT(base=base, backbone=VIT)
+    module = ViSFT(base=base, stage=1, tasks=TASKS)
+    module.configure_heads(TASKS, CLASSES, _vocab())
+    reference = load_clip(base).encoder
+    assert isinstance(reference, DualEncoder)
+    assert not _same(_state(module.vit), _state(reference.visual))
+    assert not _same(_state(module.vit), _state(clip.encoder.visual))  # the fitted weights
+    assert isinstance(module.text_side, FrozenTower)
+    assert not any(p.requires_grad for p in module.text_side.parameters())
+    assert all("text_side" not in n for n, _ in module.trainable_parameters())
+    images = torch.randn(3, 3, 32, 32)
+    tokens = data.tokenizer(["a red circle.", "two squares.", "there is a small cube."])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.features(images), reference.encode_image(images))
+        torch.testing.assert_close(module.features(images, "trunk"), reference.image_trunk(images))
+        torch.testing.assert_close(module.text_features(tokens), reference.encode_text(tokens))
+    assert module.backbone_spec.patch_size == VIT["patch_size"]
+
+    # stage 2 on the same base accepts the stage-1 heads; it trains only LoRA
+    heads = _stage1_checkpoint(module, tmp_path / "stage1.ckpt")
+    stage2 = ViSFT(base=base, stage=2, tasks=TASKS, heads_from=str(heads))
+    stage2.configure_heads(TASKS, CLASSES, _vocab())
+    assert stage2.base_sha256 == module.base_sha256
+    names = [n for n, _ in stage2.trainable_parameters()]
+    assert names and all("lora_" in n for n in names)
+    # a module without a base has no text side
+    plain = ViSFT(backbone=VIT, stage=1, tasks=TASKS)
+    with pytest.raises(AttributeError, match="base"):
+        plain.text_features(tokens)

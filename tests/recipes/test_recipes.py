@@ -33,29 +33,29 @@ def test_every_paper_has_tiny_and_paper_scale_recipes():
         assert any(p.parent.name == paper for p in PAPER_SCALE), paper
 
 
-def _fit_prerequisites(recipe: Path, tmp_path: Path, monkeypatch) -> list[str]:
-    """A recipe's ``# after:`` recipes (ViSFT's stage-1 heads), fitted for 2 steps with their
-    checkpoints under ``tmp_path`` (the working directory, so the recipes' relative paths
-    land there); returns the overrides that pass those checkpoints on, as ``zoo reproduce``
-    does."""
-    from zoo.reproduce import _nested_overrides, prerequisites
+@pytest.fixture(scope="session")
+def prerequisite_chain(tmp_path_factory):
+    """``zoo reproduce``'s own chain, shared by the session: a prerequisite several tiny
+    recipes name (ViSFT's base model and stage-1 heads) is fitted once, for 2 steps, under
+    its own working folder (the recipes' relative checkpoint paths land there)."""
+    from zoo.reproduce import PrerequisiteChain
 
-    chained = {}
-    for key, before in prerequisites(recipe):
-        monkeypatch.chdir(tmp_path)
-        config = ROOT / before
-        assert main(["fit", "--config", str(config), "--trainer.max_steps", "2"]) == 0
-        checkpoints = sorted(
-            (tmp_path / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime
-        )
-        chained[key] = str(checkpoints[-1])
+    chain = PrerequisiteChain(seed=0, extra=["--trainer.max_steps", "2"])
+    return chain, tmp_path_factory.mktemp("prerequisites")
+
+
+def _fit_prerequisites(recipe: Path, prerequisite_chain, monkeypatch) -> list[str]:
+    """The overrides that pass a recipe's ``# after:`` checkpoints on, fitting them first."""
+    chain, where = prerequisite_chain
+    monkeypatch.chdir(where)
+    chained = chain.overrides(recipe)
     monkeypatch.chdir(ROOT)
-    return _nested_overrides(chained)
+    return chained
 
 
 @pytest.mark.parametrize("recipe", TINY, ids=_id)
-def test_tiny_recipe_fits_through_cli(recipe, tmp_path, capsys, monkeypatch):
-    chained = _fit_prerequisites(recipe, tmp_path, monkeypatch)
+def test_tiny_recipe_fits_through_cli(recipe, tmp_path, capsys, monkeypatch, prerequisite_chain):
+    chained = _fit_prerequisites(recipe, prerequisite_chain, monkeypatch)
     main(
         [
             "fit",

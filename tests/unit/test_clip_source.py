@@ -20,6 +20,7 @@ from tests.unit.test_rn50_convert import CONTEXT, VOCAB, _small_resnet_clip, _to
 from zoo.backbones.convert import UntrustedCheckpointError, dual_encoder_from_openai_state_dict
 from zoo.fewshot.clip_source import (
     LOADERS,
+    CLIPSource,
     WeightsMismatchError,
     detect_source_format,
     load_clip,
@@ -232,3 +233,15 @@ def test_projection_affine_of_a_resnet_is_c_proj_and_inverts() -> None:
     torch.testing.assert_close(
         x @ weight.t() + bias, encoder.encode_image(images), atol=ATOL, rtol=0
     )
+
+
+def test_a_zoo_fit_checkpoint_is_the_lightning_format_and_needs_trust(tmp_path: Path) -> None:
+    from zoo.fewshot.clip_source import LOADERS, detect_source_format
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    assert detect_source_format(str(ckpt)) == "lightning"
+    with pytest.raises(UntrustedCheckpointError):
+        LOADERS["lightning"](CLIPSource(path=str(ckpt)))
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        LOADERS["lightning"](CLIPSource(path=str(tmp_path / "missing.ckpt"), trust_pickle=True))

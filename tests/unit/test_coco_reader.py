@@ -271,3 +271,57 @@ def test_reader_gives_the_boxes_and_masks_the_generator_wrote(tmp_path):
     scenes = json.loads(files.scenes("train").read_text())["scenes"]
     first = [o["shape"] for o in scenes[0]["objects"]]
     assert any(shape in " ".join(captions.read(0)["captions"]) for shape in first)
+
+
+def test_image_text_datamodule_reads_coco_captions_and_generated_scenes(tmp_path, monkeypatch):
+    """``source: scenes`` writes the CLEVR-like scenes and reads their COCO captions files
+    (``source: coco``): every sample's caption is one of its image's captions, unlabelled;
+    a COCO split without its image folder is refused."""
+    import json
+
+    import pytest
+
+    from datamodules.clip import CLIPDataModule
+    from zoo.data.image_text_datamodule import ImageTextDataModule
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    data = CLIPDataModule(
+        source="scenes",
+        scenes={"splits": {"train": 6, "val": 4}, "image_size": 32, "seed": 2},
+        image_size=32,
+        context_length=40,
+        batch_size=2,
+    )
+    data.prepare_data()
+    data.setup("fit")
+    files = data.scenes.locate()
+    coco = json.loads(files.captions("train").read_text())
+    by_image = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+    names = {im["id"]: im["file_name"] for im in coco["images"]}
+    assert len(data.train_set) == 6 and len(data.val_set) == 4
+    assert data.splits["test"] is None and data.splits["val"].label_key is None
+    for index in range(6):
+        sample = data.train_set[index]
+        image_id = sorted(names)[index]
+        assert sample["caption"] in by_image[image_id]
+        assert sample["label"] == -1
+        assert torch.equal(sample["text"], data.tokenizer(sample["caption"]))
+    # the same files through source: coco, given by path
+    direct = ImageTextDataModule(
+        source="coco",
+        train={"path": str(files.captions("train")), "image_root": str(files.images("train"))},
+        image_size=32,
+        context_length=40,
+        batch_size=2,
+    )
+    direct.setup("fit")
+    assert len(direct.train_set) == 6
+    missing_root = ImageTextDataModule(
+        source="coco", train=str(files.captions("train")), image_size=32, batch_size=2
+    )
+    with pytest.raises(ValueError, match="image_root"):
+        missing_root.setup("fit")
+    with pytest.raises(ValueError, match="source: scenes"):
+        ImageTextDataModule(source="csv", scenes={"splits": {"train": 2}})

@@ -2,9 +2,13 @@
 contrastive pre-training, plus labelled splits for evaluation.
 
 Sources (``source``): ``csv`` / ``jsonl`` tables with an image folder, WebDataset shards
-(``wds``), Hugging Face ``datasets`` (``hf``: an imagefolder directory or parquet files), or
-``digits``: scikit-learn's embedded handwritten digits, written by ``prepare_data`` in one of
-the real formats (``digits.format``) and read back through the same loader.
+(``wds``), Hugging Face ``datasets`` (``hf``: an imagefolder directory or parquet files),
+COCO captions (``coco``: a ``captions_<split>.json`` with its image folder as
+``image_root``; one of an image's captions is drawn per access), ``digits``:
+scikit-learn's embedded handwritten digits, written by ``prepare_data`` in one of the real
+formats (``digits.format``) and read back through the same loader, or ``scenes``: the
+generated CLEVR-like scenes (:mod:`zoo.data.clevr_scenes`), written by ``prepare_data`` in
+the COCO layout and read back as ``coco``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from zoo.preprocess import PreprocessSpec
 
 log = logging.getLogger("zoo.data")
 
-Source = Literal["csv", "jsonl", "wds", "hf", "digits"]
+Source = Literal["csv", "jsonl", "wds", "hf", "coco", "digits", "scenes"]
 
 
 class ImageTextDataModule(ZooDataModule):
@@ -65,7 +69,10 @@ class ImageTextDataModule(ZooDataModule):
     and counts table rows that cannot be decoded as UTF-8 instead of failing. At the start
     of ``fit`` every configured split is opened and checked (see :meth:`check_eval_split`
     and :meth:`setup`), so a missing column or an empty table fails before the first step.
-    ``source: digits`` writes the embedded digits in ``prepare_data`` (never in ``__init__``).
+    ``source: digits`` writes the embedded digits in ``prepare_data`` (never in ``__init__``);
+    ``source: scenes`` writes the CLEVR-like scenes of ``scenes`` (the fields of
+    :class:`zoo.data.clevr_scenes.ClevrScenes`) and reads their ``train`` / ``val`` /
+    ``test`` captions (the splits the scenes have).
     Paper datamodules subclass this and set the ``default_*`` class attributes.
     """
 
@@ -103,6 +110,7 @@ class ImageTextDataModule(ZooDataModule):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         bad_rows: Literal["error", "skip"] = "error",
         digits: DigitsSpec | None = None,
+        scenes: dict[str, Any] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -132,6 +140,7 @@ class ImageTextDataModule(ZooDataModule):
         self.bad_rows = bad_rows
         self._tokenizer = None
         self.digits: DigitsSpec | None = None
+        self.scenes: Any = None
 
         if source == "digits":
             # written by prepare_data, located by setup: nothing is read or written here
@@ -142,6 +151,18 @@ class ImageTextDataModule(ZooDataModule):
             self.image_root = resolve_path(None, image_root)
             self.splits = {}
             return
+        if source == "scenes":
+            from zoo.data.clevr_scenes import ClevrScenes
+
+            self.scenes = ClevrScenes(**_as_mapping(scenes))
+            self.generated.append(self.scenes)
+            self.source = "coco"
+            self.classnames, self.templates = [], []
+            self.image_root = None
+            self.splits = {}
+            return
+        if scenes is not None:
+            raise ValueError("data.scenes is only read with data.source: scenes")
         root_path = Path(root).expanduser() if root else None
         if root_path is not None and not root_path.exists():
             raise FileNotFoundError(f"data root not found: {root_path}")
@@ -196,9 +217,31 @@ class ImageTextDataModule(ZooDataModule):
             for name, value in {**dict.fromkeys(SPLITS), **specs}.items()
         }
 
+    def _locate_scenes(self) -> None:
+        """Resolve the COCO caption files of the scenes ``prepare_data`` wrote."""
+        files = self.scenes.locate()
+        self.splits = {
+            name: (
+                self._resolve_split(
+                    name,
+                    SplitSpec(
+                        path=str(files.captions(name)),
+                        source="coco",
+                        image_root=str(files.images(name)),
+                    ),
+                    None,
+                )
+                if name in files.splits
+                else None
+            )
+            for name in SPLITS
+        }
+
     def _ensure_splits(self) -> None:
         if self.digits is not None and not self.splits:
             self._locate_digits()
+        if self.scenes is not None and not self.splits:
+            self._locate_scenes()
 
     @property
     def paths(self) -> dict[str, str | None]:
@@ -282,6 +325,21 @@ class ImageTextDataModule(ZooDataModule):
                 label_key=spec.label_key,
                 bad_rows=self.bad_rows,
                 **common,
+            )
+        if spec.source == "coco":
+            from zoo.data.builders import ImageTextBuilder
+            from zoo.data.coco import CocoCaptions
+
+            if spec.image_root is None:
+                raise ValueError(f"{spec.where}: a COCO captions file needs its image_root")
+            return CocoCaptions(
+                spec.path,
+                spec.image_root,
+                builder=ImageTextBuilder(
+                    common["image_transform"], common["tokenizer"], common["view_transforms"]
+                ),
+                drop_empty=True,
+                max_pixels=self.max_pixels,
             )
         if spec.source == "hf":
             from zoo.data.cache import cache_root
@@ -408,6 +466,13 @@ def as_digits(value: DigitsSpec | dict | None) -> DigitsSpec:
     if isinstance(value, DigitsSpec):
         return value
     return DigitsSpec(**(value if isinstance(value, dict) else dict(vars(value))))
+
+
+def _as_mapping(value: Any) -> dict[str, Any]:
+    """A mapping argument that may arrive as a jsonargparse Namespace from the CLI."""
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, dict) else dict(vars(value))
 
 
 def _as_str(value: Any) -> str | None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-Source = Literal["csv", "jsonl", "wds", "hf"]
+Source = Literal["csv", "jsonl", "wds", "hf", "coco"]
 LabelledSource = Literal["imagefolder", "csv", "jsonl", "hf"]
 SPLITS = ("train", "val", "test", "probe_train")
 T = TypeVar("T")
@@ -44,7 +44,8 @@ class SplitSpec:
     Attributes:
         path: table, shard pattern (``shards-{000..009}.tar``), imagefolder directory or
             parquet file, relative to ``data.root`` unless absolute.
-        source: ``csv`` / ``jsonl`` / ``wds`` / ``hf``.
+        source: ``csv`` / ``jsonl`` / ``wds`` / ``hf`` / ``coco`` (a COCO captions file;
+            its ``image_root`` is the image folder; no labels).
         image_root: folder that relative image paths of a table are resolved against
             (default: the table's folder).
         image_key: image column of a table or HF dataset (default ``image``; a CLIP-style
@@ -210,7 +211,7 @@ def resolve_split(
     label = spec.label_key if spec.label_key is not None else label_key
     if label is None:  # the format's convention, used when the data has it
         label = "cls" if split_source == "wds" else "label"
-        if columns is not None and label not in columns:
+        if (columns is not None and label not in columns) or split_source == "coco":
             label = ""
     return ResolvedSplit(
         name=name,

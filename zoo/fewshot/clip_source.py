@@ -19,7 +19,12 @@ Formats (:data:`LOADERS`), and what ``format: auto`` (:func:`detect_source_forma
   layout). Auto: a file whose name contains ``open_clip`` (open_clip's hub files,
   ``open_clip_pytorch_model.bin`` / ``open_clip_model.safetensors``);
 - ``openai``: an OpenAI CLIP state dict or TorchScript archive (``RN50.pt``,
-  ``ViT-B-16.pt``). Auto: any other file.
+  ``ViT-B-16.pt``). Auto: any other file;
+- ``lightning``: a ``zoo fit`` checkpoint of a CLIP-family module (``last.ckpt``), read as
+  ``zoo export`` reads it (:func:`zoo.hub.sources.from_lightning`: the module rebuilt from
+  its hyper-parameters, its dual encoder and the preprocessing its datamodule recorded).
+  It is a pickle: only with ``trust_pickle`` (a checkpoint you made; a two-stage protocol
+  passes its own earlier stage's). Auto: a file ending in ``.ckpt``.
 
 ViTs and ResNets (RN50 …) both convert (:mod:`zoo.backbones.convert`). The two state-dict
 formats differ only in what the file cannot say, the text activation: ``openai`` means
@@ -61,7 +66,8 @@ class CLIPSource:
     - ``path``: the weights (see ``format``); ``None`` builds ``encoder`` with random weights;
     - ``format``: ``auto`` (from the path: :func:`detect_source_format`), ``zoo`` (model
       package: installed name, ``local-dir:PATH`` or folder), ``hf-clip``, ``openai``,
-      ``open_clip`` (see the module docstring; all registered in :data:`LOADERS`);
+      ``open_clip``, ``lightning`` (a ``zoo fit`` checkpoint) (see the module docstring; all
+      registered in :data:`LOADERS`);
     - ``encoder``: the architecture when ``path`` is unset (random init from ``seed``);
     - ``sha256``: expected weights digest; a mismatch is refused;
     - ``trust_pickle``: allow pickled state dicts (never for files you did not make);
@@ -259,12 +265,33 @@ def _load_state_dict(source: CLIPSource, fmt: str) -> LoadedCLIP:
     return LoadedCLIP(encoder, _preprocess_spec(pre), sha256)
 
 
+def _load_lightning(source: CLIPSource) -> LoadedCLIP:
+    """A ``zoo fit`` checkpoint whose module exports a dual encoder."""
+    from zoo.hub.security import sha256_file
+    from zoo.hub.sources import from_lightning
+
+    assert source.path is not None
+    path = Path(source.path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.clip.path: no checkpoint file at {path}")
+    sha256 = sha256_file(path)
+    _check_pin(source, sha256)
+    exported = from_lightning(path, trust_pickle=source.trust_pickle)
+    if not isinstance(exported.model, DualEncoder):
+        raise TypeError(
+            f"{path} holds a {exported.architecture!r} model; a dual encoder (CLIP-like image "
+            "and text towers) is needed here"
+        )
+    return LoadedCLIP(exported.model, exported.preprocess, sha256)
+
+
 #: format name -> loader.
 LOADERS: dict[str, Callable[[CLIPSource], LoadedCLIP]] = {
     "zoo": _load_zoo,
     "hf-clip": _load_hf_clip,
     "openai": lambda source: _load_state_dict(source, "openai"),
     "open_clip": lambda source: _load_state_dict(source, "open_clip"),
+    "lightning": _load_lightning,
 }
 
 
@@ -282,6 +309,8 @@ def detect_source_format(path: str) -> str:
             return "zoo"
         return "hf-clip"
     if p.is_file():
+        if p.suffix == ".ckpt":
+            return "lightning"
         return "open_clip" if "open_clip" in p.name else "openai"
     return "zoo"  # an installed package name
 

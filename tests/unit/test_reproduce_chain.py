@@ -1,0 +1,137 @@
+"""``zoo reproduce``'s ``# after:`` chain: prerequisites fitted depth first, once per seed,
+their checkpoints passed on; ``--reuse-prerequisites`` reuses a fit only when recipe text,
+seed, inputs and code are the same. The fits are faked (a checkpoint file per fit)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from zoo import reproduce
+from zoo.reproduce import PrerequisiteChain, prerequisites
+
+
+def _recipe(folder: Path, name: str, *after: str) -> Path:
+    path = folder / "recipes" / "demo" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {name}", *(f"# after: {a}" for a in after), "seed_everything: 0", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture
+def fits(tmp_path, monkeypatch):
+    """Every fake fit: (recipe stem, seed, arguments); each writes a checkpoint whose bytes
+    say which fit made it, and reports one metric."""
+    calls: list[tuple[str, int, list[str]]] = []
+
+    def run_lightning_cli(args):
+        recipe = Path(args[args.index("--config") + 1])
+        seed = int(args[args.index("--seed_everything") + 1])
+        calls.append((recipe.stem, seed, list(args)))
+        ckpt = tmp_path / "runs" / recipe.stem / f"fit{len(calls)}.ckpt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text(f"{recipe.stem} seed {seed} fit {len(calls)}")
+        callback = SimpleNamespace(results={"eval/score": float(len(calls))})
+        trainer = SimpleNamespace(
+            callbacks=[callback], checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt))
+        )
+        return SimpleNamespace(trainer=trainer)
+
+    import zoo.lightning_cli
+
+    monkeypatch.setattr(zoo.lightning_cli, "run_lightning_cli", run_lightning_cli)
+    monkeypatch.setattr(reproduce, "_code_identity", lambda: "commit-a")
+    monkeypatch.chdir(tmp_path)
+    return calls
+
+
+def _chain(tmp_path: Path) -> Path:
+    """base ← head_a, head_b ← final (base named by all three)."""
+    _recipe(tmp_path, "base")
+    _recipe(tmp_path, "head_a", "model.base.path = recipes/demo/base.yaml")
+    _recipe(tmp_path, "head_b", "model.base.path = recipes/demo/base.yaml")
+    return _recipe(
+        tmp_path,
+        "final",
+        "model.base.path = recipes/demo/base.yaml",
+        "model.heads.a = recipes/demo/head_a.yaml",
+        "model.heads.b = recipes/demo/head_b.yaml",
+    )
+
+
+def test_prerequisites_are_fitted_depth_first_once_each_and_passed_on(tmp_path, fits):
+    final = _chain(tmp_path)
+    chain = PrerequisiteChain(seed=3)
+    overrides = chain.overrides(final)
+    assert [(stem, seed) for stem, seed, _ in fits] == [("base", 3), ("head_a", 3), ("head_b", 3)]
+    base_ckpt = str((tmp_path / "runs/base/fit1.ckpt").resolve())
+    # each head got the base's checkpoint; the final recipe gets all three, grouped by parent
+    for _, _, args in fits[1:]:
+        assert f"--model.base={json.dumps({'path': base_ckpt})}" in args
+    assert overrides == [
+        f"--model.base={json.dumps({'path': base_ckpt})}",
+        "--model.heads="
+        + json.dumps(
+            {
+                "a": str((tmp_path / "runs/head_a/fit2.ckpt").resolve()),
+                "b": str((tmp_path / "runs/head_b/fit3.ckpt").resolve()),
+            }
+        ),
+    ]
+    assert chain.metrics == {
+        "base:eval/score": 1.0,
+        "head_a:eval/score": 2.0,
+        "head_b:eval/score": 3.0,
+    }
+
+
+def test_after_paths_resolve_from_the_checkout_when_run_elsewhere(tmp_path, monkeypatch):
+    final = _chain(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert [p.resolve() for _, p in prerequisites(final)] == [
+        (tmp_path / f"recipes/demo/{n}.yaml").resolve() for n in ("base", "head_a", "head_b")
+    ]
+
+
+def test_a_cycle_is_refused(tmp_path, fits):
+    _recipe(tmp_path, "one", "model.x = recipes/demo/two.yaml")
+    two = _recipe(tmp_path, "two", "model.y = recipes/demo/one.yaml")
+    with pytest.raises(ValueError, match="cycle"):
+        PrerequisiteChain(seed=0).overrides(two)
+
+
+def test_reuse_takes_a_fit_only_for_the_same_recipe_seed_inputs_and_code(
+    tmp_path, fits, monkeypatch
+):
+    final = _chain(tmp_path)
+    first = PrerequisiteChain(seed=1, reuse=True).overrides(final)
+    assert len(fits) == 3
+    # the same seed and code: nothing is fitted again, the same checkpoints come back
+    again = PrerequisiteChain(seed=1, reuse=True)
+    assert again.overrides(final) == first
+    assert len(fits) == 3
+    assert again.metrics["head_b:eval/score"] == 3.0  # the cached fit's metrics
+    # another seed fits everything
+    PrerequisiteChain(seed=2, reuse=True).overrides(final)
+    assert [stem for stem, seed, _ in fits[3:]] == ["base", "head_a", "head_b"]
+    # an edited head recipe refits that head only (its input, the base, is cached)
+    head_b = tmp_path / "recipes/demo/head_b.yaml"
+    head_b.write_text(head_b.read_text() + "# edited\n")
+    PrerequisiteChain(seed=1, reuse=True).overrides(final)
+    assert [stem for stem, _, _ in fits[6:]] == ["head_b"]
+    # other code refits everything
+    monkeypatch.setattr(reproduce, "_code_identity", lambda: "commit-b")
+    PrerequisiteChain(seed=1, reuse=True).overrides(final)
+    assert [stem for stem, _, _ in fits[7:]] == ["base", "head_a", "head_b"]
+
+
+def test_without_reuse_every_run_fits_again(tmp_path, fits):
+    final = _chain(tmp_path)
+    PrerequisiteChain(seed=1).overrides(final)
+    PrerequisiteChain(seed=1).overrides(final)
+    assert len(fits) == 6
+    assert not (tmp_path / reproduce.PREREQUISITE_CACHE).exists()
