@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -252,6 +253,49 @@ def run_seed(
     return metrics, config
 
 
+#: Record fields that must agree for records to be merged (the seed is the only difference).
+_MERGE_SAME = ("recipe", "paper", "commit", "dirty", "scale", "versions")
+
+
+def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One record from several single-run records of the same recipe, code and settings
+    that differ only in their seeds (seeds run as separate processes or on separate
+    machines): the seeds and per-seed metrics concatenated, mean ± std recomputed over all,
+    the commands listed. Refused when a field of :data:`_MERGE_SAME` differs, a seed
+    repeats, a record is a shot sweep, or the resolved configs differ in anything but the
+    seed and the prerequisites' checkpoint paths."""
+    if any("sweep" in r for r in records):
+        raise ValueError("shot sweeps are not merged; run the sweep with --seed-list instead")
+    first = records[0]
+    for key in _MERGE_SAME:
+        values = {json.dumps(r.get(key), sort_keys=True) for r in records}
+        if len(values) > 1:
+            raise ValueError(f"records differ in {key!r} ({sorted(values)}); they are not one run")
+    seeds = [s for r in records for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"records repeat seeds ({seeds})")
+    configs = {_config_without_seed(r["config"]) for r in records}
+    if len(configs) > 1:
+        raise ValueError("records were fitted with different settings (their configs differ)")
+    per_seed = [m for r in records for m in r["per_seed"]]
+    return {
+        **first,
+        "seeds": seeds,
+        "metrics": summarise(per_seed),
+        "per_seed": per_seed,
+        "command": " ; ".join(r["command"] for r in records),
+    }
+
+
+def _config_without_seed(config: str) -> str:
+    """A resolved config with the seed and every checkpoint path (what a prerequisite chain
+    passes on, different per seed) left out."""
+    data = yaml.safe_load(config)
+    data.pop("seed_everything", None)
+    text = json.dumps(data, sort_keys=True)
+    return re.sub(r'"[^"]*\.ckpt"', '"<checkpoint>"', text)
+
+
 def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
     names = sorted(set().union(*per_seed)) if per_seed else []
     out = {}
@@ -457,8 +501,11 @@ def reproduce_command(argv: Sequence[str]) -> int:
     parser.add_argument("--append", action="store_true", help="append the result to the metafile")
     parser.add_argument(
         "--from-record",
+        nargs="+",
         default=None,
-        help="append an existing JSON record (written by an earlier `zoo reproduce`) instead of running",
+        help="append existing JSON records (written by earlier `zoo reproduce` runs) instead of "
+        "running; several records of the same recipe, code and settings with different seeds "
+        "(e.g. one process per seed) are merged into one record first",
     )
     parser.epilog = "Arguments after `--` are passed to `zoo fit` (e.g. -- --trainer.max_epochs 5)."
     argv = list(argv)
@@ -476,11 +523,23 @@ def reproduce_command(argv: Sequence[str]) -> int:
             "with vl-zoo: run `zoo recipes copy PAPER DIR` or use a source checkout"
         )
     if args.from_record:
-        record = json.loads(Path(args.from_record).read_text())
-        if Path(record["recipe"]).name != recipe.name or record["paper"] != recipe.parent.name:
-            parser.error(f"{args.from_record} is a record of {record['recipe']}, not {recipe}")
+        records = [json.loads(Path(p).read_text()) for p in args.from_record]
+        for path, record in zip(args.from_record, records):
+            if Path(record["recipe"]).name != recipe.name or record["paper"] != recipe.parent.name:
+                parser.error(f"{path} is a record of {record['recipe']}, not {recipe}")
+        try:
+            record = records[0] if len(records) == 1 else merge_records(records)
+        except ValueError as err:
+            parser.error(str(err))
+        if len(records) > 1:
+            out = Path(args.out or f"runs/reproduce/{recipe.parent.name}-{recipe.stem}.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=2))
+            print(f"[zoo reproduce] merged {len(records)} records into {out}")
         append_to_metafile(record, recipe.parent / "metafile.yaml")
-        print(f"[zoo reproduce] appended {args.from_record} to {recipe.parent / 'metafile.yaml'}")
+        print(
+            f"[zoo reproduce] appended {' '.join(args.from_record)} to {recipe.parent / 'metafile.yaml'}"
+        )
         return 0
     if args.per_shot and not args.shots:
         parser.error("--per-shot needs --shots")

@@ -135,3 +135,48 @@ def test_without_reuse_every_run_fits_again(tmp_path, fits):
     PrerequisiteChain(seed=1).overrides(final)
     assert len(fits) == 6
     assert not (tmp_path / reproduce.PREREQUISITE_CACHE).exists()
+
+
+def _record(seed: int, score: float, **changes) -> dict:
+    config = (
+        f"seed_everything: {seed}\n"
+        f"model:\n  base: {{path: runs/reproduce/prerequisites/base-seed{seed}-ab/last.ckpt}}\n"
+    )
+    record = {
+        "recipe": "recipes/demo/final.yaml",
+        "paper": "demo",
+        "seeds": [seed],
+        "metrics": {"eval/score": {"mean": score, "std": 0.0, "n": 1}},
+        "per_seed": [{"eval/score": score}],
+        "scale": "tiny",
+        "command": f"python -m zoo reproduce recipes/demo/final.yaml --seed-list {seed}",
+        "config": config,
+        "commit": "abc",
+        "dirty": False,
+        "versions": {"torch": "2"},
+    }
+    return {**record, **changes}
+
+
+def test_records_of_separate_seeds_merge_into_one_mean_and_std():
+    merged = reproduce.merge_records([_record(1, 10.0), _record(2, 20.0), _record(3, 60.0)])
+    assert merged["seeds"] == [1, 2, 3]
+    assert merged["per_seed"] == [{"eval/score": 10.0}, {"eval/score": 20.0}, {"eval/score": 60.0}]
+    stats = merged["metrics"]["eval/score"]
+    assert stats["mean"] == pytest.approx(30.0)
+    assert stats["std"] == pytest.approx(26.457513, rel=1e-6)  # sample std of 10, 20, 60
+    assert merged["command"].count("--seed-list") == 3
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (_record(2, 1.0, commit="def"), "commit"),
+        (_record(1, 1.0), "repeat seeds"),
+        (_record(2, 1.0, config="seed_everything: 2\nmodel: {lr: 1}\n"), "different settings"),
+        (_record(2, 1.0, sweep=[]), "sweeps"),
+    ],
+)
+def test_records_that_are_not_one_run_are_not_merged(other, message):
+    with pytest.raises(ValueError, match=message):
+        reproduce.merge_records([_record(1, 1.0), other])
