@@ -97,7 +97,16 @@ def uses_channels_last(model: nn.Module, setting: bool | None) -> bool:
 
 
 def load_local_state_dict(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load weights from a local safetensors file, or a torch file holding tensors only."""
+    """Load weights from a local safetensors file, or a torch file holding tensors only.
+
+    A file in timm's own key layout loads as it is. Any other layout goes through the
+    ``checkpoint_filter_fn`` of the model's timm module, timm's converter for the official
+    releases. For EVA and EVA-02 that covers BAAI's EVA / EVA-CLIP files (``visual.``
+    prefix, ``model`` / ``module`` wrappers, rotary buffers dropped) and resamples the
+    position embedding and patch embedding to the model's grid. So a ViSFT recipe can point
+    ``checkpoint`` at an official EVA-ViT-G file. Keys that still do not fit are an error
+    naming them.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"vision checkpoint not found: {path}")
@@ -107,29 +116,32 @@ def load_local_state_dict(model: nn.Module, path: str | Path, strict: bool = Tru
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
+        if not _fits(model, state):
+            state = state.get("state_dict", state.get("model", state))
+    if not _fits(model, state):
+        state = _timm_converted(model, state, path)
     model.load_state_dict(state, strict=strict)
 
 
-class VisionEncoder(nn.Module):
-    """An image-only encoder: a timm tower (``visual``, e.g. an MAE or DINO ViT) and the
-    :class:`VisionSpec` it was built from (``spec``, what ``zoo export`` writes).
+def _fits(model: nn.Module, state: dict[str, Any]) -> bool:
+    """Whether ``state`` has exactly the model's keys with the model's shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(
+        isinstance(state[k], torch.Tensor) and state[k].shape == v.shape for k, v in own.items()
+    )
 
-    ``features(images)`` are the tower's pooled features (class token or average, as the timm
-    model pools); ``tokens(images)`` the final normalised token sequence (``forward_features``).
-    """
 
-    def __init__(self, spec: VisionSpec):
-        super().__init__()
-        self.spec = spec
-        self.visual = build_vision_tower(spec)
-        self.num_features = int(self.visual.num_features)
+def _timm_converted(model: nn.Module, state: dict[str, Any], path: Path) -> dict[str, Any]:
+    import sys
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.visual(images)
-
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.visual.forward_features(images)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images)
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is None:
+        return state  # load_state_dict names what does not fit
+    try:
+        converted = convert(state, model)
+    except Exception as err:  # a layout timm's converter does not know either
+        raise ValueError(
+            f"{path}: its keys are not {type(model).__name__}'s and timm's "
+            f"{type(model).__module__}.checkpoint_filter_fn could not convert them ({err})"
+        ) from err
+    return converted
