@@ -35,6 +35,7 @@ EVAL_LINES = {
     "DetectionEval": r"box mAP: \d+\.\d\d%",
     "SegmentationEval": r"mask mAP: \d+\.\d\d%",
     "CaptionEval": r"BLEU-4: \d+\.\d\d, CIDEr-D: \d+\.\d\d",
+    "GeoPriorEval": r"geo prior top-1: \d+\.\d\d% \(image only \d+\.\d\d%",
 }
 
 

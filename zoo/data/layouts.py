@@ -60,6 +60,23 @@ A COCO 2017 folder (ViSFT's detection, segmentation and caption data) is one ent
   lacks (no scene graphs, probe questions or manifest), so a recipe that reads more than
   COCO has fails on it.
 
+Geo-tagged image features (CSP's layout, :mod:`zoo.data.geo`) are one entry per file::
+
+    # Layout under data.root (...):
+    #   train2018.json: geo annotations
+    #   train2018_locations.json: geo locations
+    #   features/inat2018_train_feats.npy: geo features 2048
+    #   features/inat2018_val_preds_sparse.npz: geo predictions 8142
+    #   categories2018.json: geo categories 8142
+
+- ``<file>: geo <role> [<size>]``, role ``annotations`` (iNat JSON: ``images`` /
+  ``annotations``), ``locations`` (a list of ``{id, lon, lat}``), ``features`` (``.npy``
+  float32 ``(samples, size)``), ``predictions`` (class probabilities ``(samples, size)``,
+  SciPy sparse when the name ends in ``.npz``) or ``categories`` (``size`` classes,
+  ``[{id, name}]``). Every geo entry describes the same ``samples`` images, ids
+  ``0 … samples−1`` with label ``i % num_classes`` and seeded random locations, so the
+  files of one split agree with each other.
+
 :func:`write_layout` writes the layout a datamodule's ``init_args`` would read instead (a
 fixture for tests of the data code).
 """
@@ -94,7 +111,10 @@ COCO = "coco"
 COCO_SPLITS = ("train2017", "val2017")
 #: The side of the images of a ``coco`` entry's copy.
 COCO_IMAGE_SIZE = 32
-KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO)
+#: Geo-tagged image features (``<file>: geo <role> [<size>]``, CSP's layout).
+GEO = "geo"
+GEO_ROLES = ("annotations", "locations", "features", "predictions", "categories")
+KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO, GEO)
 LABEL_COLUMNS = ("label", "cls")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _HEADER = re.compile(r"^#\s*Layout under data\.root")
@@ -103,7 +123,8 @@ _WEIGHTS_ENTRY = re.compile(
     r"^#\s+(?P<path>\S+):\s+clip-weights\s+(?P<format>[a-z_]+)\s+(?P<arch>[a-z0-9-]+)\s*$"
 )
 _COCO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+coco(?:\s+(?P<splits>[\w,.-]+))?\s*$")
-_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco)(\s|$)")
+_GEO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+geo\s+(?P<role>[a-z]+)(?:\s+(?P<size>\d+))?\s*$")
+_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco|geo)(\s|$)")
 _DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: CoOp's validation shots per class: ``min(K, 4)`` (zoo.fewshot.splits.VAL_SHOTS_MAX).
 _VAL_SHOTS_MAX = 4
@@ -176,6 +197,10 @@ def parse_layout(header: str) -> list[LayoutEntry]:
         if coco is not None:
             entries.append(_coco_entry(line, coco))
             continue
+        geo = _GEO_ENTRY.match(line)
+        if geo is not None:
+            entries.append(_geo_entry(line, geo))
+            continue
         if match is None and _NEW_KIND.match(line):
             raise ValueError(
                 f"layout entry {line.strip()!r} is malformed: the syntax is "
@@ -241,6 +266,19 @@ def _coco_entry(line: str, match: re.Match[str]) -> LayoutEntry:
             f"{list(splits)}; the syntax is {syntax}"
         )
     return LayoutEntry(path, COCO, splits)
+
+
+def _geo_entry(line: str, match: re.Match[str]) -> LayoutEntry:
+    """``<file>: geo <role> [<size>]``: a file of CSP's layout (:mod:`zoo.data.geo`)."""
+    role, size = match["role"], match["size"]
+    if role not in GEO_ROLES:
+        raise ValueError(f"layout entry {line.strip()!r}: geo role must be one of {GEO_ROLES}")
+    if (size is None) != (role in ("annotations", "locations")):
+        raise ValueError(
+            f"layout entry {line.strip()!r}: 'geo {role}' "
+            + ("takes no size" if size is not None else "needs a size (dimension / classes)")
+        )
+    return LayoutEntry(match["path"], GEO, (role,) if size is None else (role, size))
 
 
 def _weights_entry(line: str, match: re.Match[str]) -> LayoutEntry:
@@ -321,6 +359,9 @@ def write_entries(
             continue
         if entry.format == COCO:
             written[entry.path] = _write_coco(path, entry.coco_splits, samples, seed)
+            continue
+        if entry.format == GEO:
+            written[entry.path] = _write_geo(path, entry.columns, samples, num_classes, seed)
             continue
         if entry.format == CLIP_WEIGHTS:
             # the weights live wherever clip.path says: the copy goes under the root
@@ -478,6 +519,41 @@ def _write_coco(folder: Path, splits: tuple[str, ...], samples: int, seed: int) 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return targets
+
+
+# --- geo entries ------------------------------------------------------------------------------
+def _write_geo(
+    path: Path, columns: tuple[str, ...], samples: int, num_classes: int, seed: int
+) -> list[Path]:
+    """One file of CSP's layout for ``samples`` images (ids 0 …, label ``i % num_classes``)."""
+    role, size = columns[0], int(columns[1]) if len(columns) > 1 else 0
+    rng = np.random.default_rng([seed, samples])  # the same images in every entry
+    ids = list(range(samples))
+    lon = rng.uniform(-180, 180, samples)
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, samples)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if role == "annotations":
+        data = {
+            "images": [{"id": i} for i in ids],
+            "annotations": [{"image_id": i, "category_id": i % num_classes} for i in ids],
+        }
+        path.write_text(json.dumps(data))
+    elif role == "locations":
+        rows = [{"id": i, "lon": float(lon[i]), "lat": float(lat[i])} for i in ids]
+        path.write_text(json.dumps(rows))
+    elif role == "categories":
+        path.write_text(json.dumps([{"id": c, "name": f"class {c}"} for c in range(size)]))
+    elif role == "features":
+        np.save(path, rng.standard_normal((samples, size)).astype(np.float32))
+    else:  # predictions: class probabilities
+        probs = rng.dirichlet(np.ones(size), samples).astype(np.float32)
+        if path.suffix == ".npz":
+            from scipy import sparse
+
+            sparse.save_npz(path, sparse.csr_matrix(probs))
+        else:
+            np.save(path, probs)
+    return [path]
 
 
 # --- few-shot entries -------------------------------------------------------------------------
