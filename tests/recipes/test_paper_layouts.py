@@ -7,9 +7,10 @@ Recipes are discovered, so a new recipe is covered without editing this file.
 
 Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, and
 
-- pre-training recipes (CLIP, SLIP): batch 2, a 1-block model of width 32 on 32-pixel
-  images (same architecture family, same heads) and one prompt template instead of 80 (the
-  1000 ImageNet class names stay);
+- pre-training recipes (CLIP, SLIP, CLIP-rocket): batch 2, a 1-block model of width 32 on
+  32-pixel images (same architecture family, same heads; a timm ResNet keeps its bottlenecks
+  and BatchNorm with one block per stage and 8-64 channels; projection heads 64 -> 32) and one
+  prompt template instead of 80 (the 1000 ImageNet class names stay);
 - few-shot recipes (a ``coop`` entry: a CoOp dataset folder): the frozen CLIP is the tiny
   model of the declared family that the header's ``clip-weights`` entry writes (e.g. a
   width-8 ResNet with RN50's depths and attention pool, or a one-block ViT-B/16, with
@@ -27,6 +28,10 @@ Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, and
   is not generated), the heads at their tiny presets, batch 2. A stage-2 recipe runs through
   untrained heads (``random_heads``): its stage-1 prerequisites (``# after:``) are fitted by
   ``zoo reproduce``, which the tiny pipeline test exercises.
+
+- geo-feature recipes (``geo`` entries: CSP's pre-extracted image features with locations):
+  8 images in the recipe's class count and feature width, the location encoder's hidden
+  layer 16 and embedding 8 wide, batch 4; the method's hyper-parameters stay.
 
 A training-free recipe (``trainer.max_epochs: 0``: zero-shot CLIP, Tip-Adapter) runs without
 ``fast_dev_run``, which would force a training epoch on a module with nothing to train; its
@@ -49,6 +54,7 @@ from zoo.data.layouts import (
     CLIP_WEIGHTS,
     COCO,
     COOP,
+    GEO,
     FewShotSizes,
     LayoutEntry,
     parse_layout,
@@ -76,7 +82,13 @@ def _shrink_model(init_args: dict) -> list[str]:
     # dotted overrides on top of the recipe's encoder preset (expanded when the recipe loads)
     if init_args.get("encoder"):
         p = "--model.init_args.encoder.vision"
-        args += [f"{p}.img_size=32", f"{p}.depth=1", f"{p}.embed_dim=32", f"{p}.num_heads=2"]
+        name = _vision_model_name(init_args["encoder"])
+        if any(k in name for k in ("vit", "deit", "eva")):
+            args += [f"{p}.img_size=32", f"{p}.depth=1", f"{p}.embed_dim=32", f"{p}.num_heads=2"]
+        elif name.startswith("resnet"):  # timm ResNet (CLIP-rocket): bottlenecks, BN, 1 per stage
+            args.append(
+                f'{p}.kwargs={{"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}}'
+            )
         p = "--model.init_args.encoder.text"
         args += [f"{p}.width=32", f"{p}.layers=1", f"{p}.heads=2"]
         args.append("--model.init_args.encoder.embed_dim=32")
@@ -85,7 +97,22 @@ def _shrink_model(init_args: dict) -> list[str]:
             "--model.init_args.ssl_head.hidden_dims=[64]",
             "--model.init_args.ssl_head.out_dim=32",
         ]
+    # CLIP-rocket's local, BarLIP and SiamLIP heads (MLPSpec mappings)
+    for head in ("local_head", "barlip_head", "siamlip_head", "siamlip_predictor"):
+        if isinstance(init_args.get(head), dict):
+            args += [
+                f"--model.init_args.{head}.hidden_dims=[64]",
+                f"--model.init_args.{head}.out_dim=32",
+            ]
     return args
+
+
+def _vision_model_name(encoder: dict) -> str:
+    """The timm name of a recipe's vision tower (a preset with overrides, or a full spec)."""
+    from zoo.backbones.presets import resolve_preset
+
+    vision = resolve_preset(encoder).get("vision") or {}
+    return str(vision.get("model_name", "vit"))
 
 
 def _pretraining_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
@@ -112,6 +139,15 @@ def _visft_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
     if init.get("stage") == 2:
         args += ["--model.init_args.heads_from=null", "--model.init_args.random_heads=true"]
     return args
+
+
+def _geo_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
+    """Write the geo-feature copy (8 images of the recipe's classes); shrink the location
+    encoder (the image feature width, the class head and the losses stay)."""
+    classes = int(config["model"]["init_args"]["num_classes"])
+    write_recipe_layout(recipe, data_root, samples=8, num_classes=classes)
+    p = "--model.init_args.location"
+    return [f"{p}.hidden_dim=16", f"{p}.out_dim=8", "--data.batch_size=4"]
 
 
 def _fewshot_args(
@@ -164,6 +200,8 @@ def run_on_declared_layout(recipe: Path, tmp_path: Path, monkeypatch) -> None:
         args = _fewshot_args(recipe, config, entries, data_root)
     elif any(e.format == COCO for e in entries):
         args = _visft_args(recipe, config, data_root)
+    elif any(e.format == GEO for e in entries):
+        args = _geo_args(recipe, config, data_root)
     else:
         args = _pretraining_args(recipe, config, data_root)
     if config["trainer"].get("max_epochs") != 0:

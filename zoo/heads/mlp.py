@@ -22,7 +22,9 @@ class MLPSpec:
     Linear(vw, 4096) → SyncBN → ReLU → Linear(4096, 4096) → SyncBN → ReLU → Linear(4096, 256).
     ``norm="syncbn"`` (default) normalises over the global batch under data parallelism on
     any device (:class:`GlobalBatchNorm1d`; plain BN with one process); ``"bn"`` uses
-    per-rank statistics. ``last_norm`` appends a norm after the final linear (BarLIP-style).
+    per-rank statistics. ``last_norm`` appends a norm after the final linear (BarLIP-style);
+    ``last_norm_affine=False`` makes that last norm parameter-free (CLIP-rocket's SiamLIP
+    projector ends in ``BatchNorm1d(affine=False)``).
     """
 
     hidden_dims: list[int] = field(default_factory=lambda: [4096, 4096])
@@ -31,6 +33,7 @@ class MLPSpec:
     act: Literal["relu", "gelu", "silu"] = "relu"
     bias: bool = True
     last_norm: bool = False
+    last_norm_affine: bool = True
 
 
 def _norm_name(norm: str) -> str:
@@ -53,6 +56,9 @@ class ProjectionMLP(nn.Sequential):
         last = len(dims)
         layers[f"layer{last}"] = nn.Linear(dims[-1], spec.out_dim, bias=spec.bias)
         if spec.last_norm and spec.norm != "none":
-            layers[f"{_norm_name(spec.norm)}{last}"] = _NORMS[spec.norm](spec.out_dim)
+            affine = {
+                "elementwise_affine" if spec.norm == "ln" else "affine": spec.last_norm_affine
+            }
+            layers[f"{_norm_name(spec.norm)}{last}"] = _NORMS[spec.norm](spec.out_dim, **affine)
         super().__init__(layers)
         self.in_dim, self.out_dim, self.spec = in_dim, spec.out_dim, spec
