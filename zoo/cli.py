@@ -91,8 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return check_command(rest)
     if command == "docs":
+        import argparse
+
         from zoo.docs import write_readmes
 
+        argparse.ArgumentParser(
+            prog="zoo docs",
+            description="Regenerate recipes/<paper>/README.md from the metafiles and the papers "
+            "table of the root README (in a source checkout).",
+        ).parse_args(rest)  # --help prints this and exits; anything else is refused
         for path in write_readmes():
             print(f"wrote {path}")
         return 0
