@@ -145,3 +145,27 @@ def _timm_converted(model: nn.Module, state: dict[str, Any], path: Path) -> dict
             f"{type(model).__module__}.checkpoint_filter_fn could not convert them ({err})"
         ) from err
     return converted
+
+
+class VisionEncoder(nn.Module):
+    """An image-only encoder: a timm tower (``visual``, e.g. an MAE or DINO ViT) and the
+    :class:`VisionSpec` it was built from (``spec``, what ``zoo export`` writes).
+
+    ``features(images)`` are the tower's pooled features (class token or average, as the timm
+    model pools); ``tokens(images)`` the final normalised token sequence (``forward_features``).
+    """
+
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.spec = spec
+        self.visual = build_vision_tower(spec)
+        self.num_features = int(self.visual.num_features)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual.forward_features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
