@@ -290,9 +290,15 @@ def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _config_without_seed(config: str) -> str:
     """A resolved config with the seed and every checkpoint path (what a prerequisite chain
     passes on, different per seed) left out."""
-    data = yaml.safe_load(config)
-    data.pop("seed_everything", None)
-    text = json.dumps(data, sort_keys=True)
+
+    def without_seed(node: Any) -> Any:
+        if isinstance(node, dict):  # at any depth: a dump may nest it under the subcommand
+            return {k: without_seed(v) for k, v in node.items() if k != "seed_everything"}
+        if isinstance(node, list):
+            return [without_seed(v) for v in node]
+        return node
+
+    text = json.dumps(without_seed(yaml.safe_load(config)), sort_keys=True)
     return re.sub(r'"[^"]*\.ckpt"', '"<checkpoint>"', text)
 
 

@@ -138,9 +138,9 @@ def test_without_reuse_every_run_fits_again(tmp_path, fits):
 
 
 def _record(seed: int, score: float, **changes) -> dict:
-    config = (
-        f"seed_everything: {seed}\n"
-        f"model:\n  base: {{path: runs/reproduce/prerequisites/base-seed{seed}-ab/last.ckpt}}\n"
+    config = (  # as LightningCLI dumps it: under the subcommand
+        f"fit:\n  seed_everything: {seed}\n"
+        f"  model:\n    base: {{path: runs/reproduce/prerequisites/base-seed{seed}-ab/last.ckpt}}\n"
     )
     record = {
         "recipe": "recipes/demo/final.yaml",
@@ -173,7 +173,10 @@ def test_records_of_separate_seeds_merge_into_one_mean_and_std():
     [
         (_record(2, 1.0, commit="def"), "commit"),
         (_record(1, 1.0), "repeat seeds"),
-        (_record(2, 1.0, config="seed_everything: 2\nmodel: {lr: 1}\n"), "different settings"),
+        (
+            _record(2, 1.0, config="fit:\n  seed_everything: 2\n  model: {lr: 1}\n"),
+            "different settings",
+        ),
         (_record(2, 1.0, sweep=[]), "sweeps"),
     ],
 )
