@@ -31,6 +31,9 @@ def _fit(tmp_path, world: int) -> tuple[list[float], dict]:
     return record["losses"], state
 
 
+# ~130 s on 2 cores: slow-marked to keep the default run under 15 minutes; .ci/run's slow line
+# runs it on every CI
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_full_batch(tmp_path):
     # build the digits cache once so both runs read the same files
     single_losses, single_state = _fit(tmp_path, 1)
