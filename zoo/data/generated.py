@@ -9,6 +9,7 @@ folder into place; a concurrent writer that finished first wins, and an interrup
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -36,3 +37,22 @@ def write_atomically(folder: Path, marker: str, fill: Callable[[Path], str]) -> 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def locate_written(folder: Path, marker: str, params: object, what: str) -> Path:
+    """``folder`` when :func:`write_atomically` completed it with ``params`` (the marker's
+    JSON); ``FileNotFoundError`` when it is not written (yet), ``ValueError`` when it was
+    written with other parameters. ``what`` names the data in the messages."""
+    file = folder / marker
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"the {what} is not written at {folder}: prepare_data() writes it (the Trainer "
+            "calls it; outside a Trainer call datamodule.prepare_data() first)"
+        )
+    written = json.loads(file.read_text())
+    if written != params:
+        raise ValueError(
+            f"{folder} holds a {what} written with {written}, not {params}; use another root "
+            "or delete that folder"
+        )
+    return folder

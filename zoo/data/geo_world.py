@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.data.cache import cache_root
-from zoo.data.generated import write_atomically
+from zoo.data.generated import locate_written, write_atomically
 from zoo.data.geo import GeoSplitSpec
 
 _MARKER = ".complete"
@@ -108,20 +108,7 @@ class SyntheticGeoWorld:
         )
 
     def locate(self) -> Path:
-        folder = self.folder()
-        marker = folder / _MARKER
-        if not marker.is_file():
-            raise FileNotFoundError(
-                f"the synthetic geo world is not written at {folder}: prepare_data() writes "
-                "it (the Trainer calls it; outside a Trainer call datamodule.prepare_data())"
-            )
-        written = json.loads(marker.read_text())
-        if written != self._params():
-            raise ValueError(
-                f"{folder} holds a geo world written with {written}, not {self._params()}; "
-                "use another root or delete that folder"
-            )
-        return folder
+        return locate_written(self.folder(), _MARKER, self._params(), "synthetic geo world")
 
     def write(self) -> Path:
         folder = self.folder()

@@ -39,7 +39,7 @@ from PIL import Image
 
 from zoo.data.cache import cache_root
 from zoo.data.embedded import CLASSNAMES, digit_png
-from zoo.data.generated import write_atomically
+from zoo.data.generated import locate_written, write_atomically
 
 FOLDER = "shifted_digits"
 IMAGE_DIR = "images"
@@ -147,20 +147,7 @@ class ShiftedDigits:
     def locate(self) -> Path:
         """The written dataset folder; ``FileNotFoundError`` when it is not written (yet),
         ``ValueError`` when it was written with other parameters."""
-        folder = self.folder()
-        marker = folder / _MARKER
-        if not marker.is_file():
-            raise FileNotFoundError(
-                f"the shifted digits are not written at {folder}: prepare_data() writes them "
-                "(the Trainer calls it; outside a Trainer call datamodule.prepare_data() first)"
-            )
-        written = json.loads(marker.read_text())
-        if written != self._params():
-            raise ValueError(
-                f"{folder} holds shifted digits written with {written}, not {self._params()}; "
-                "use another root or delete that folder"
-            )
-        return folder
+        return locate_written(self.folder(), _MARKER, self._params(), "shifted digits dataset")
 
     def write(self) -> Path:
         """Write the dataset unless a complete copy with these parameters exists."""
