@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.slip import SLIP_OPTIM
 from zoo.backbones import DualEncoderSpec, build_dual_encoder
 from zoo.backbones.dual_encoder import LOG_100
 from zoo.ema import EMATeacher
@@ -90,16 +91,8 @@ from zoo.protocols import DualEncoderProtocols, FeatureKind, Template, Tokenizer
 from zoo.specs import to_spec
 
 # README / repro_exps.txt / main.py: AdamW (0.9, 0.98), lr 3e-3, weight decay 0.1, 1 warm-up
-# epoch from 1e-6, then cosine to 1e-5, per step.
-CLIP_ROCKET_OPTIM = OptimSpec(
-    lr=3e-3,
-    weight_decay=0.1,
-    betas=(0.9, 0.98),
-    eps=1e-8,
-    warmup_epochs=1.0,
-    warmup_start_lr=1e-6,
-    min_lr=1e-5,
-)
+# epoch from 1e-6, then cosine to 1e-5, per step: SLIP's settings (the code base it extends).
+CLIP_ROCKET_OPTIM = SLIP_OPTIM
 LOG_INV_01 = math.log(1 / 0.1)  # the local logit scale's initial value (s′ = 10)
 
 Variant = Literal["cl2l", "barlip", "siamlip", "byolip", "swalip"]

@@ -97,6 +97,21 @@ def _step(module: ViSFT, batch: dict) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _two_step_trainer(tmp_path: Path):
+    """A quiet 2-step CPU Trainer (no logger, checkpointing or progress bar)."""
+    import lightning as L
+
+    return L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
 def _stage1_checkpoint(module: ViSFT, path: Path) -> Path:
     checkpoint: dict = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
@@ -334,7 +349,6 @@ def test_export_merges_lora_and_the_adapter_round_trips(vit_file, tmp_path):
 def test_zoo_export_of_a_stage2_checkpoint_loads_as_the_merged_backbone(tmp_path, monkeypatch):
     """`zoo export` of a real stage-2 checkpoint → `zoo.load`: a ``vision_encoder`` package
     whose features equal the fitted module's (LoRA merged), with the data's preprocessing."""
-    import lightning as L
 
     import zoo
     from datamodules.visft import ViSFTDataModule
@@ -352,15 +366,7 @@ def test_zoo_export_of_a_stage2_checkpoint_loads_as_the_merged_backbone(tmp_path
         num_workers=0,
     )
     module = ViSFT(backbone=VIT, stage=2, tasks=["caption"], random_heads=True, optim={"lr": 1e-2})
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _two_step_trainer(tmp_path)
     trainer.fit(module, datamodule=dm)
     assert any(
         torch.count_nonzero(p) for n, p in module.backbone.named_parameters() if "lora_B" in n
@@ -386,7 +392,6 @@ def test_base_model_from_a_clip_checkpoint_gives_backbone_and_retrieval(tmp_path
     read as COCO captions) becomes the backbone, bit for bit; its frozen text side answers
     ``text_features`` and ``features(kind="embed")`` as the dual encoder does; the stage-1
     heads record the base's weights and stage 2 on the same base accepts them."""
-    import lightning as L
 
     from datamodules.clip import CLIPDataModule
     from lightning_modules.clip import CLIP
@@ -409,15 +414,7 @@ def test_base_model_from_a_clip_checkpoint_gives_backbone_and_retrieval(tmp_path
         "embed_dim": 16,
     }
     clip = CLIP(encoder=encoder, optim={"lr": 1e-3})
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _two_step_trainer(tmp_path)
     trainer.fit(clip, datamodule=data)
     ckpt = tmp_path / "clip.ckpt"
     trainer.save_checkpoint(ckpt)
