@@ -1,11 +1,13 @@
 """Contrastive losses against hand computations (SLIP card, faithfulness tests 1 and 2)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.losses import clip_infonce, nt_xent
+from zoo.losses import clip_infonce, nt_xent, soft_target_ce
 
 
 def _np_ce_rows(logits: np.ndarray, labels: np.ndarray, smoothing: float = 0.0) -> float:
@@ -80,3 +82,15 @@ def test_nt_xent_gradient_is_finite_with_large_mask():
 def test_unknown_gather_policy_is_rejected():
     with pytest.raises(ValueError, match="gather policy"):
         clip_infonce(torch.randn(2, 2), torch.randn(2, 2), 1.0, gather_policy="all")
+
+
+def test_soft_target_ce_matches_a_hand_computation_and_one_hot_cross_entropy():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), 0.0]])
+    targets = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    # Row 0: softmax = (1/4, 3/4) -> -(0.5 log 1/4 + 0.5 log 3/4); row 1: softmax = (2/3, 1/3).
+    expected = 0.5 * (-(0.5 * math.log(0.25) + 0.5 * math.log(0.75)) - math.log(2 / 3))
+    assert soft_target_ce(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    one_hot = torch.eye(2)[[1, 0]]
+    assert torch.allclose(
+        soft_target_ce(logits, one_hot), F.cross_entropy(logits, torch.tensor([1, 0]))
+    )

@@ -52,6 +52,21 @@ def clip_infonce(
     )
 
 
+def soft_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy against a soft target distribution, averaged over rows.
+
+    .. math:: L = -\tfrac1B \sum_i \sum_j Y_{ij} \log \mathrm{softmax}(x_i)_j
+
+    ``targets`` has the shape of ``logits`` and each row is a distribution (it is not
+    renormalised: a row summing to c scales that row's loss by c). With one-hot targets
+    this equals ``F.cross_entropy(logits, targets.argmax(-1))``. The mixed image-text
+    contrastive loss of TiMix and CoCu's multi-label contrastive loss are built on it;
+    timm's ``SoftTargetCrossEntropy`` is the same sum, written here over the last dimension
+    so it also takes batched (…, B, C) logits.
+    """
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
 def nt_xent(
     q_a: torch.Tensor,
     q_b: torch.Tensor,
