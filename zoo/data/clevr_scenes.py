@@ -73,7 +73,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from zoo.data.cache import cache_root
-from zoo.data.generated import write_atomically
+from zoo.data.generated import coco_rles, write_atomically
+from zoo.data.generated import dump_json as _dump
 
 SHAPES = ("circle", "square", "triangle")
 #: CLEVR's colour palette (clevr-dataset-gen ``properties.json``) without gray.
@@ -563,8 +564,6 @@ class ClevrScenes:
         return self.locate()
 
     def _write_split(self, folder: Path, split: str, count: int) -> None:
-        from pycocotools import mask as mask_utils
-
         image_dir = folder / "images" / split
         image_dir.mkdir(parents=True)
         style = self.style(split)
@@ -577,7 +576,7 @@ class ClevrScenes:
             scene.image.save(image_dir / file_name, format="PNG")
             size = self.image_size
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-            rles = mask_utils.encode(np.asfortranarray(scene.masks.transpose(1, 2, 0), np.uint8))
+            rles = coco_rles(scene.masks)
             for obj, rle in zip(scene.objects, rles):
                 instances.append(
                     {
@@ -586,7 +585,7 @@ class ClevrScenes:
                         "category_id": self._category_id(obj),
                         "bbox": obj.bbox,
                         "area": obj.area,
-                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                        "segmentation": rle,
                         "iscrowd": 0,
                         "attributes": {"shape": obj.shape, "color": obj.color, "size": obj.size},
                     }
@@ -608,10 +607,6 @@ class ClevrScenes:
         _dump(annotations / f"captions_{split}.json", coco | {"annotations": captions})
         _dump(annotations / f"scenes_{split}.json", {"info": info, "scenes": scenes})
         _dump(annotations / f"questions_{split}.json", {"info": info, "questions": questions})
-
-
-def _dump(path: Path, obj: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
 
 
 def write_clevr_scenes(

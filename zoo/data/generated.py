@@ -13,8 +13,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def write_atomically(folder: Path, marker: str, fill: Callable[[Path], str]) -> None:
@@ -56,3 +59,19 @@ def locate_written(folder: Path, marker: str, params: object, what: str) -> Path
             "or delete that folder"
         )
     return folder
+
+
+def dump_json(path: Path, obj: Mapping[str, Any] | list[Any]) -> None:
+    """Write an annotation file as compact UTF-8 JSON (the generated COCO layouts' files)."""
+    path.write_text(json.dumps(obj, separators=(",", ":")), encoding="utf-8")
+
+
+def coco_rles(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLE segmentations of (N, H, W) boolean masks (``pycocotools.mask.encode``),
+    ``counts`` as a string so the JSON holds them as COCO's own files do."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), np.uint8))
+    return [{"size": rle["size"], "counts": rle["counts"].decode()} for rle in rles]

@@ -8,7 +8,8 @@ COCO captions (``coco``: a ``captions_<split>.json`` with its image folder as
 scikit-learn's embedded handwritten digits, written by ``prepare_data`` in one of the real
 formats (``digits.format``) and read back through the same loader, or ``scenes``: the
 generated CLEVR-like scenes (:mod:`zoo.data.clevr_scenes`), written by ``prepare_data`` in
-the COCO layout and read back as ``coco``.
+the COCO layout and read back as ``coco``, or ``mosaics``: the generated digit mosaics
+(:mod:`zoo.data.digit_mosaics`), written and read the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from zoo.preprocess import PreprocessSpec
 
 log = logging.getLogger("zoo.data")
 
-Source = Literal["csv", "jsonl", "wds", "hf", "coco", "digits", "scenes"]
+Source = Literal["csv", "jsonl", "wds", "hf", "coco", "digits", "scenes", "mosaics"]
 
 
 class ImageTextDataModule(ZooDataModule):
@@ -72,7 +73,9 @@ class ImageTextDataModule(ZooDataModule):
     ``source: digits`` writes the embedded digits in ``prepare_data`` (never in ``__init__``);
     ``source: scenes`` writes the CLEVR-like scenes of ``scenes`` (the fields of
     :class:`zoo.data.clevr_scenes.ClevrScenes`) and reads their ``train`` / ``val`` /
-    ``test`` captions (the splits the scenes have).
+    ``test`` captions (the splits the scenes have); ``source: mosaics`` does the same with
+    the digit mosaics of ``mosaics`` (the fields of
+    :class:`zoo.data.digit_mosaics.DigitMosaics`).
     Paper datamodules subclass this and set the ``default_*`` class attributes.
     """
 
@@ -111,6 +114,7 @@ class ImageTextDataModule(ZooDataModule):
         bad_rows: Literal["error", "skip"] = "error",
         digits: DigitsSpec | None = None,
         scenes: dict[str, Any] | None = None,
+        mosaics: dict[str, Any] | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -141,6 +145,7 @@ class ImageTextDataModule(ZooDataModule):
         self._tokenizer = None
         self.digits: DigitsSpec | None = None
         self.scenes: Any = None
+        self.mosaics: Any = None
 
         if source == "digits":
             # written by prepare_data, located by setup: nothing is read or written here
@@ -151,11 +156,17 @@ class ImageTextDataModule(ZooDataModule):
             self.image_root = resolve_path(None, image_root)
             self.splits = {}
             return
-        if source == "scenes":
-            from zoo.data.clevr_scenes import ClevrScenes
+        if source in ("scenes", "mosaics"):
+            # written in the COCO layout by prepare_data, read back as COCO captions
+            if source == "scenes":
+                from zoo.data.clevr_scenes import ClevrScenes
 
-            self.scenes = ClevrScenes(**_as_mapping(scenes))
-            self.generated.append(self.scenes)
+                self.scenes = ClevrScenes(**_as_mapping(scenes))
+            else:
+                from zoo.data.digit_mosaics import DigitMosaics
+
+                self.mosaics = DigitMosaics(**_as_mapping(mosaics))
+            self.generated.append(self._coco_generated)
             self.source = "coco"
             self.classnames, self.templates = [], []
             self.image_root = None
@@ -163,6 +174,8 @@ class ImageTextDataModule(ZooDataModule):
             return
         if scenes is not None:
             raise ValueError("data.scenes is only read with data.source: scenes")
+        if mosaics is not None:
+            raise ValueError("data.mosaics is only read with data.source: mosaics")
         root_path = Path(root).expanduser() if root else None
         if root_path is not None and not root_path.exists():
             raise FileNotFoundError(f"data root not found: {root_path}")
@@ -217,9 +230,16 @@ class ImageTextDataModule(ZooDataModule):
             for name, value in {**dict.fromkeys(SPLITS), **specs}.items()
         }
 
-    def _locate_scenes(self) -> None:
-        """Resolve the COCO caption files of the scenes ``prepare_data`` wrote."""
-        files = self.scenes.locate()
+    @property
+    def _coco_generated(self) -> Any:
+        """The generator of ``source: scenes`` / ``mosaics`` (``None`` for other sources)."""
+        return self.scenes if self.scenes is not None else self.mosaics
+
+    def _locate_coco_layout(self, generated: Any) -> None:
+        """Resolve the COCO caption files of the generated data (scenes, mosaics)
+        ``prepare_data`` wrote: ``generated.locate()`` has ``splits``, ``captions(split)``
+        and ``images(split)``."""
+        files = generated.locate()
         self.splits = {
             name: (
                 self._resolve_split(
@@ -240,8 +260,8 @@ class ImageTextDataModule(ZooDataModule):
     def _ensure_splits(self) -> None:
         if self.digits is not None and not self.splits:
             self._locate_digits()
-        if self.scenes is not None and not self.splits:
-            self._locate_scenes()
+        if self._coco_generated is not None and not self.splits:
+            self._locate_coco_layout(self._coco_generated)
 
     @property
     def paths(self) -> dict[str, str | None]:
