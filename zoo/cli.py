@@ -38,6 +38,8 @@ Zoo commands:
   docs        regenerate recipes/<paper>/README.md from the metafiles
   export SOURCE --name NAME --out DIR [--wheel] [--dtype float16] [--trust-pickle]
               a checkpoint / HF CLIP folder / OpenAI state dict → model folder + package
+  curate INPUT... --output OUT --teacher CLIP --gallery FILE
+              CoCu concept curation of a table or WebDataset shards into new files
 
 Examples:
   zoo fit --config recipes/slip/tiny.yaml
@@ -77,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zoo.commands import export_command
 
         return export_command(rest)
+    if command == "curate":
+        from zoo.cocu.rewrite import curate_command
+
+        return curate_command(rest)
     if command == "reproduce":
         from zoo.recipe_args import resolve_reproduce_args
         from zoo.reproduce import reproduce_command

@@ -114,7 +114,11 @@ COCO_IMAGE_SIZE = 32
 #: Geo-tagged image features (``<file>: geo <role> [<size>]``, CSP's layout).
 GEO = "geo"
 GEO_ROLES = ("annotations", "locations", "features", "predictions", "categories")
-KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO, GEO)
+#: A PASCAL VOC 2012 segmentation folder (CoCu's zero-shot segmentation):
+#: ``<folder>/: voc [<splits>]`` → JPEGImages/, SegmentationClass/ (class-index PNGs, 0
+#: background, 1-20 objects, 255 ignored), ImageSets/Segmentation/<split>.txt.
+VOC = "voc"
+KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO, GEO, VOC)
 LABEL_COLUMNS = ("label", "cls")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _HEADER = re.compile(r"^#\s*Layout under data\.root")
@@ -124,7 +128,8 @@ _WEIGHTS_ENTRY = re.compile(
 )
 _COCO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+coco(?:\s+(?P<splits>[\w,.-]+))?\s*$")
 _GEO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+geo\s+(?P<role>[a-z]+)(?:\s+(?P<size>\d+))?\s*$")
-_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco|geo)(\s|$)")
+_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco|geo|voc)(\s|$)")
+_VOC_ENTRY = re.compile(r"^#\s+(?P<path>\S+/):\s+voc(?:\s+(?P<splits>[\w,-]+))?\s*$")
 _DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: CoOp's validation shots per class: ``min(K, 4)`` (zoo.fewshot.splits.VAL_SHOTS_MAX).
 _VAL_SHOTS_MAX = 4
@@ -196,6 +201,11 @@ def parse_layout(header: str) -> list[LayoutEntry]:
         coco = _COCO_ENTRY.match(line)
         if coco is not None:
             entries.append(_coco_entry(line, coco))
+            continue
+        voc = _VOC_ENTRY.match(line)
+        if voc is not None:
+            splits = tuple(x for x in (voc["splits"] or "val").split(",") if x)
+            entries.append(LayoutEntry(voc["path"], VOC, splits))
             continue
         geo = _GEO_ENTRY.match(line)
         if geo is not None:
@@ -359,6 +369,9 @@ def write_entries(
             continue
         if entry.format == COCO:
             written[entry.path] = _write_coco(path, entry.coco_splits, samples, seed)
+            continue
+        if entry.format == VOC:
+            written[entry.path] = _write_voc(path, entry.columns, samples, rng)
             continue
         if entry.format == GEO:
             written[entry.path] = _write_geo(path, entry.columns, samples, num_classes, seed)
@@ -659,3 +672,27 @@ def _tiny_state(arch: str, image_size: int | None, seed: int) -> dict[str, Any]:
 def _save(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def _write_voc(folder: Path, splits: tuple[str, ...], samples: int, rng: np.random.Generator) -> list[Path]:
+    """A tiny PASCAL VOC 2012 segmentation folder: ``samples`` 32-px JPEGs per split with
+    class-index masks (a random object class on the left half, background on the right, a
+    255 "ignore" border row)."""
+    from PIL import Image
+
+    written = []
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        ids = [f"{split}_{i:04d}" for i in range(samples)]
+        for name in ids:
+            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / "JPEGImages" / f"{name}.jpg")
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            mask[:, :16] = int(rng.integers(1, 21))
+            mask[0] = 255
+            Image.fromarray(mask, mode="L").save(folder / "SegmentationClass" / f"{name}.png")
+        ids_file = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
+        ids_file.write_text("\n".join(ids) + "\n")
+        written.append(ids_file)
+    return written
