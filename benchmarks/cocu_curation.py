@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 DIM, CONCEPTS, L = 512, 2000, 8
+#: The repository root, put on the subprocesses' path so `zoo` imports without an install.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(n: int, seed: int = 0):
@@ -123,6 +127,10 @@ def main() -> None:
                 capture_output=True,
                 text=True,
                 check=True,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                },
             )
             rows[impl] = row = json.loads(out.stdout.strip().splitlines()[-1])
             print(

@@ -283,6 +283,32 @@ def test_word_aug_tokenizer_rows():
     assert full.texts(three) == first
 
 
+def test_word_aug_tokenizer_cache_tokenizes_each_string_once():
+    import pickle
+
+    from datamodules.cocu import WordAugTokenizer
+    from zoo.data import TextTokenizer
+
+    tok = TextTokenizer("clip-bpe", 16)
+    seen: list[str] = []
+
+    def counting(texts: list[str]) -> torch.Tensor:
+        seen.extend(texts)
+        return tok(texts)
+
+    wrapper = WordAugTokenizer(counting, ["a photo of a {}."], "curated", num_prompts=3)
+    text = rewrite_caption("a dog", {"dog": 2.0}, {})
+    first, again = wrapper(text), wrapper(text)
+    # rows 0, 2 and 3 are the caption: two distinct strings, each tokenised once, ever
+    assert seen == ["a dog", "a photo of a dog."]
+    assert torch.equal(first, again)
+    assert torch.equal(first, tok(["a dog", "a photo of a dog.", "a dog", "a dog"]))
+    # a DataLoader worker gets an empty cache (pickled without it) and the same rows
+    wrapper.tokenizer = tok  # the local counter does not pickle
+    clone = pickle.loads(pickle.dumps(wrapper))
+    assert clone._cache == {} and torch.equal(clone(text), first)
+
+
 # --- 3. the multi-label loss --------------------------------------------------------------
 
 
