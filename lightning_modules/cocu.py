@@ -194,7 +194,9 @@ class CoCu(DualEncoderProtocols, ZooModule):
         from zoo.eval.segmentation import groupvit_class_map
 
         groups, pooled, assignments, grid = self.encoder.encode_groups(images)
-        pixels = group_pixel_assignment(assignments, grid, tuple(images.shape[-2:]))
+        pixels = group_pixel_assignment(
+            assignments, grid, tuple(images.shape[-2:]), batch=images.shape[0]
+        ).to(groups.device)
         return groupvit_class_map(
             pixels,
             F.normalize(groups.float(), dim=-1),

@@ -412,6 +412,23 @@ def test_hard_assignment_is_one_hot_with_straight_through_gradient():
     assert logits.grad is not None and logits.grad.abs().sum() > 0  # gradient of the softmax
 
 
+def test_one_stage_groupvit_labels_each_patch_as_its_own_group():
+    """A GroupViT without a grouping stage (a plain ViT): every pixel belongs to the patch it
+    lies in, so the 2x2-patch grid upsampled to 4x4 pixels is four 2x2 blocks."""
+    from zoo.backbones.group_vit import GroupViT, GroupViTSpec, group_pixel_assignment
+
+    pixels = group_pixel_assignment([], (2, 2), (4, 4), batch=3)
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    assert pixels.shape == (3, 4, 4, 4)
+    assert torch.equal(pixels.argmax(-1), expected.expand(3, 4, 4))
+    spec = GroupViTSpec(
+        img_size=8, patch_size=4, embed_dim=16, depths=[1], num_heads=2,
+        num_group_tokens=[0], num_output_groups=[], drop_path_rate=0.0,
+    )  # fmt: skip
+    tokens, assignments, grid = GroupViT(spec).eval().forward_groups(torch.randn(2, 3, 8, 8))
+    assert assignments == [] and grid == (2, 2) and tokens.shape == (2, 4, 16)
+
+
 def test_itc_and_multi_label_scales_are_separate_and_clamped():
     model = _tiny_model()
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))

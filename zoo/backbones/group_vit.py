@@ -297,16 +297,23 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def group_pixel_assignment(
-    assignments: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]
+    assignments: list[torch.Tensor],
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    batch: int = 1,
 ) -> torch.Tensor:
     """Soft pixel → final-group assignment (B, H, W, G): the stages' soft assignments chained
     (token→group₁ then group₁→group₂, a matrix product), on the patch grid, resized
-    bilinearly to ``size`` (GroupViT's ``get_attn_maps``)."""
-    chained = None
-    for soft in assignments:  # (B, G_s, N_s)
-        step = soft.transpose(1, 2)  # (B, N_s, G_s)
-        chained = step if chained is None else chained @ step
-    assert chained is not None, "GroupViT without a grouping stage"
+    bilinearly to ``size`` (GroupViT's ``get_attn_maps``). Without a grouping stage (a
+    one-stage GroupViT, i.e. a plain ViT) each patch is its own group: the identity
+    assignment, repeated ``batch`` times."""
+    n = grid[0] * grid[1]
+    if assignments:
+        chained = assignments[0].transpose(1, 2)  # (B, N, G_1)
+        for soft in assignments[1:]:  # (B, G_s, G_{s-1})
+            chained = chained @ soft.transpose(1, 2)
+    else:  # no grouping stage: every patch token is its own group
+        chained = torch.eye(n).expand(batch, n, n)
     b, _, g = chained.shape
     maps = chained.transpose(1, 2).reshape(b, g, *grid)
     maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
