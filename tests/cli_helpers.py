@@ -36,6 +36,7 @@ EVAL_LINES = {
     "SegmentationEval": r"mask mAP: \d+\.\d\d%",
     "CaptionEval": r"BLEU-4: \d+\.\d\d, CIDEr-D: \d+\.\d\d",
     "GeoPriorEval": r"geo prior top-1: \d+\.\d\d% \(image only \d+\.\d\d%",
+    "ZeroShotSegmentationEval": r"\w+ mIoU: \d+\.\d\d% \(\d+ classes \+ background",
 }
 
 

@@ -29,9 +29,20 @@ Only what cannot run on 2 CPU cores is changed: one CPU process in fp32, and
   untrained heads (``random_heads``): its stage-1 prerequisites (``# after:``) are fitted by
   ``zoo reproduce``, which the tiny pipeline test exercises.
 
+- region-phrase recipes (``regions`` entries: TiMix's PTA data): the pairs, the region
+  files (4 images each) and the evaluation table as declared; the model is the tiny CLIP of
+  the header's ``clip-weights`` entry loaded through ``init_from`` at 64 px (4×4 patches), the
+  patch predictor after block 0, batch 2.
+
 - geo-feature recipes (``geo`` entries: CSP's pre-extracted image features with locations):
   8 images in the recipe's class count and feature width, the location encoder's hidden
   layer 16 and embedding 8 wide, batch 4; the method's hyper-parameters stay.
+
+- CoCu recipes (``curated`` shards: captions rewritten as ``zoo curate`` writes them, plus a
+  ``voc`` folder): GroupViT keeps its three stages and both grouping blocks at one block of
+  width 32 (4 then 2 groups, patch 8 on 32-pixel images), the text tower and projection MLPs
+  as the pre-training recipes; zero-shot segmentation runs on the 32-pixel VOC copy as
+  stored instead of at a 448 short side.
 
 A training-free recipe (``trainer.max_epochs: 0``: zero-shot CLIP, Tip-Adapter) runs without
 ``fast_dev_run``, which would force a training epoch on a module with nothing to train; its
@@ -55,6 +66,7 @@ from zoo.data.layouts import (
     COCO,
     COOP,
     GEO,
+    REGIONS,
     FewShotSizes,
     LayoutEntry,
     parse_layout,
@@ -104,6 +116,24 @@ def _shrink_model(init_args: dict) -> list[str]:
                 f"--model.init_args.{head}.hidden_dims=[64]",
                 f"--model.init_args.{head}.out_dim=32",
             ]
+    # CoCu's GroupViT: three stages with both grouping blocks kept, one block each, width 32
+    vision = init_args.get("vision")
+    if isinstance(vision, dict) and "num_group_tokens" in vision:
+        p = "--model.init_args.vision"
+        args += [
+            f"{p}.img_size=32",
+            f"{p}.patch_size=8",
+            f"{p}.embed_dim=32",
+            f"{p}.depths=[1, 1, 1]",
+            f"{p}.num_heads=2",
+            f"{p}.num_group_tokens=[4, 2, 0]",
+            f"{p}.num_output_groups=[4, 2]",
+            "--model.init_args.text.width=32",
+            "--model.init_args.text.layers=1",
+            "--model.init_args.text.heads=2",
+            "--model.init_args.projector.hidden_dims=[64]",
+            "--model.init_args.projector.out_dim=32",
+        ]
     return args
 
 
@@ -123,7 +153,14 @@ def _pretraining_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
         "--data.image_size=32",
         '--data.templates=["a photo of a {}."]',
         *_shrink_model(config["model"]["init_args"]),
+        *_shrink_segmentation(config["data"].get("init_args") or {}),
     ]
+
+
+def _shrink_segmentation(data: dict) -> list[str]:
+    """CoCu's zero-shot segmentation data: the 32-px copy evaluated at its own size (a short
+    side of 32), not resized to the recipe's 448."""
+    return ["--data.segmentation.size=32"] if data.get("segmentation") else []
 
 
 def _visft_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
@@ -148,6 +185,31 @@ def _geo_args(recipe: Path, config: dict, data_root: Path) -> list[str]:
     write_recipe_layout(recipe, data_root, samples=8, num_classes=classes)
     p = "--model.init_args.location"
     return [f"{p}.hidden_dim=16", f"{p}.out_dim=8", "--data.batch_size=4"]
+
+
+def _regions_args(
+    recipe: Path, config: dict, entries: list[LayoutEntry], data_root: Path
+) -> list[str]:
+    """TiMix (``regions`` entries): write the pairs, regions, evaluation table and CLIP copy;
+    the model is the tiny CLIP of the declared family (``init_from`` pointed at the copy) at
+    64 px (4×4 patches, so the mixed window sides 1-3 exist), its predictor after block 0."""
+    from zoo.backbones.convert import TINY_CLIP_ARCHS
+
+    write_recipe_layout(recipe, data_root, samples=4, num_classes=10)
+    args = [
+        "--data.batch_size=2",
+        "--data.image_size=64",
+        "--model.init_args.encoder.vision.img_size=64",
+        "--model.init_args.pruning_loc=0",
+    ]
+    weights = [e for e in entries if e.format == CLIP_WEIGHTS]
+    if weights:
+        fmt, arch = weights[0].weights
+        assert TINY_CLIP_ARCHS[arch]
+        args.append(f"--model.init_args.init_from.path={data_root / Path(weights[0].path).name}")
+    else:
+        args += _shrink_model(config["model"]["init_args"])
+    return args
 
 
 def _fewshot_args(
@@ -198,6 +260,8 @@ def run_on_declared_layout(recipe: Path, tmp_path: Path, monkeypatch) -> None:
     data_root = tmp_path / "data"
     if any(e.format == COOP for e in entries):
         args = _fewshot_args(recipe, config, entries, data_root)
+    elif any(e.format == REGIONS for e in entries):
+        args = _regions_args(recipe, config, entries, data_root)
     elif any(e.format == COCO for e in entries):
         args = _visft_args(recipe, config, data_root)
     elif any(e.format == GEO for e in entries):

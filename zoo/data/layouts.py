@@ -77,6 +77,18 @@ Geo-tagged image features (CSP's layout, :mod:`zoo.data.geo`) are one entry per 
   ``0 … samples−1`` with label ``i % num_classes`` and seeded random locations, so the
   files of one split agree with each other.
 
+Region-phrase annotations (TiMix's PTA data, :mod:`zoo.data.regions`) are one entry per
+annotation file::
+
+    # Layout under data.root (...):
+    #   vg/region_descriptions.json: regions vg vg/images
+    #   coco/annotations/instances_train2014.json: regions coco coco/train2014
+
+- ``<file>: regions <vg|coco> <image folder>``: ``samples`` generated 32-px JPEGs
+  ``<image folder>/<id>.jpg`` (ids 1 …) with two boxed phrases each, as Visual Genome
+  ``region_descriptions.json`` (``vg``) or a COCO instances file whose phrases are the
+  category names (``coco``).
+
 :func:`write_layout` writes the layout a datamodule's ``init_args`` would read instead (a
 fixture for tests of the data code).
 """
@@ -118,7 +130,17 @@ GEO_ROLES = ("annotations", "locations", "features", "predictions", "categories"
 #: ``<folder>/: voc [<splits>]`` → JPEGImages/, SegmentationClass/ (class-index PNGs, 0
 #: background, 1-20 objects, 255 ignored), ImageSets/Segmentation/<split>.txt.
 VOC = "voc"
-KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO, GEO, VOC)
+#: Region-phrase annotations (TiMix's PTA data): ``<file>: regions <vg|coco> <image folder>``
+#: → a Visual Genome ``region_descriptions.json`` (images ``<image folder>/<id>.jpg``) or a
+#: COCO instances file (phrase = category name) over generated images.
+REGIONS = "regions"
+REGION_KINDS = ("vg", "coco")
+KINDS = (*FORMATS, COOP, CLIP_WEIGHTS, COCO, GEO, VOC, REGIONS)
+#: CoCu-curated WebDataset shards (``<shards>: curated jpg,txt``): a ``webdataset`` entry whose
+#: caption member is the rewritten field ``caption \n json(scored concepts) \n json(k-means)``
+#: that ``python -m zoo curate`` writes (:func:`zoo.cocu.curation.rewrite_caption`).
+CURATED = "curated"
+KINDS = (*KINDS, CURATED)
 LABEL_COLUMNS = ("label", "cls")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 _HEADER = re.compile(r"^#\s*Layout under data\.root")
@@ -128,7 +150,10 @@ _WEIGHTS_ENTRY = re.compile(
 )
 _COCO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+coco(?:\s+(?P<splits>[\w,.-]+))?\s*$")
 _GEO_ENTRY = re.compile(r"^#\s+(?P<path>\S+):\s+geo\s+(?P<role>[a-z]+)(?:\s+(?P<size>\d+))?\s*$")
-_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco|geo|voc)(\s|$)")
+_NEW_KIND = re.compile(r"^#\s+\S+:\s+(coop|clip-weights|coco|geo|voc|regions)(\s|$)")
+_REGIONS_ENTRY = re.compile(
+    r"^#\s+(?P<path>\S+):\s+regions\s+(?P<kind>[a-z]+)\s+(?P<images>\S+)\s*$"
+)
 _VOC_ENTRY = re.compile(r"^#\s+(?P<path>\S+/):\s+voc(?:\s+(?P<splits>[\w,-]+))?\s*$")
 _DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: CoOp's validation shots per class: ``min(K, 4)`` (zoo.fewshot.splits.VAL_SHOTS_MAX).
@@ -169,7 +194,7 @@ class LayoutEntry:
 
     @property
     def image_column(self) -> str:
-        if self.format == "webdataset":
+        if self.format in ("webdataset", CURATED):
             return next((c for c in self.columns if c in IMAGE_MEMBERS), self.columns[0])
         return "file_name" if self.format == "imagefolder" else self.columns[0]
 
@@ -202,6 +227,16 @@ def parse_layout(header: str) -> list[LayoutEntry]:
         if coco is not None:
             entries.append(_coco_entry(line, coco))
             continue
+        regions = _REGIONS_ENTRY.match(line)
+        if regions is not None:
+            if regions["kind"] not in REGION_KINDS:
+                raise ValueError(
+                    f"layout entry {line.strip()!r}: regions format must be one of {REGION_KINDS}"
+                )
+            entries.append(
+                LayoutEntry(regions["path"], REGIONS, (regions["kind"], regions["images"]))
+            )
+            continue
         voc = _VOC_ENTRY.match(line)
         if voc is not None:
             splits = tuple(x for x in (voc["splits"] or "val").split(",") if x)
@@ -225,7 +260,7 @@ def parse_layout(header: str) -> list[LayoutEntry]:
         if fmt == COOP:
             entries.append(_coop_entry(line, match["path"], match["columns"]))
             continue
-        if fmt not in FORMATS:
+        if fmt not in (*FORMATS, CURATED):
             raise ValueError(
                 f"layout entry {line.strip()!r}: format must be one of {KINDS} "
                 f"('<folder>/: {COOP} <dataset>', '<file>: {CLIP_WEIGHTS} <format> <arch>')"
@@ -370,6 +405,9 @@ def write_entries(
         if entry.format == COCO:
             written[entry.path] = _write_coco(path, entry.coco_splits, samples, seed)
             continue
+        if entry.format == REGIONS:
+            written[entry.path] = _write_regions(root, path, *entry.columns, samples, seed)
+            continue
         if entry.format == VOC:
             written[entry.path] = _write_voc(path, entry.columns, samples, rng)
             continue
@@ -380,6 +418,9 @@ def write_entries(
             # the weights live wherever clip.path says: the copy goes under the root
             target = root / path.name if path.is_absolute() else path
             written[entry.path] = _write_clip_weights(target, *entry.weights, fewshot, seed)
+            continue
+        if entry.format == CURATED:
+            written[entry.path] = _write_curated_shards(path, entry, samples, rng)
             continue
         labels = [i % num_classes for i in range(samples)]
         rows = [
@@ -674,7 +715,9 @@ def _save(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _write_voc(folder: Path, splits: tuple[str, ...], samples: int, rng: np.random.Generator) -> list[Path]:
+def _write_voc(
+    folder: Path, splits: tuple[str, ...], samples: int, rng: np.random.Generator
+) -> list[Path]:
     """A tiny PASCAL VOC 2012 segmentation folder: ``samples`` 32-px JPEGs per split with
     class-index masks (a random object class on the left half, background on the right, a
     255 "ignore" border row)."""
@@ -696,3 +739,91 @@ def _write_voc(folder: Path, splits: tuple[str, ...], samples: int, rng: np.rand
         ids_file.write_text("\n".join(ids) + "\n")
         written.append(ids_file)
     return written
+
+
+# --- region-phrase entries (TiMix) ------------------------------------------------------------
+def _write_regions(
+    root: Path, path: Path, kind: str, images: str, samples: int, seed: int
+) -> list[Path]:
+    """``samples`` 32-px JPEGs ``<images>/<id>.jpg`` (ids 1 …) with two boxed phrases each, as
+    Visual Genome region descriptions (``vg``) or a COCO instances file (``coco``)."""
+    rng = np.random.default_rng([seed, samples, 7])
+    folder = Path(images) if Path(images).is_absolute() else root / images
+    folder.mkdir(parents=True, exist_ok=True)
+    size = COCO_IMAGE_SIZE
+    records = []
+    for image_id in range(1, max(int(samples), 1) + 1):
+        (folder / f"{image_id}.jpg").write_bytes(_image_bytes(rng, image_id % 10, size))
+        for k in range(2):
+            x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+            w, h = (int(v) for v in rng.integers(4, size // 2, 2))
+            records.append((image_id, 2 * image_id + k, f"object {k}", [x, y, w, h]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "vg":
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for image_id, region_id, phrase, (x, y, w, h) in records:
+            by_image.setdefault(image_id, []).append(
+                {
+                    "region_id": region_id,
+                    "image_id": image_id,
+                    "phrase": phrase,
+                    "x": x,
+                    "y": y,
+                    "width": w,
+                    "height": h,
+                }
+            )
+        path.write_text(json.dumps([{"id": i, "regions": r} for i, r in by_image.items()]))
+    else:
+        data = {
+            "images": [
+                {"id": i, "file_name": f"{i}.jpg", "width": size, "height": size}
+                for i in sorted({r[0] for r in records})
+            ],
+            "annotations": [
+                {
+                    "id": rid,
+                    "image_id": i,
+                    "category_id": 1 + rid % 2,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+                for i, rid, _, box in records
+            ],
+            "categories": [{"id": 1, "name": "object 0"}, {"id": 2, "name": "object 1"}],
+        }
+        path.write_text(json.dumps(data))
+    return [path, folder]
+
+
+# --- CoCu-curated shards ---------------------------------------------------------------------
+#: Concept names of the curated copy (PASCAL VOC classes, which CoCu's recipes evaluate on).
+_CURATED_CONCEPTS = ("person", "dog", "cat", "car", "bird", "boat", "chair", "horse")
+
+
+def _write_curated_shards(
+    path: Path, entry: LayoutEntry, samples: int, rng: np.random.Generator
+) -> list[Path]:
+    """WebDataset shards like a ``webdataset`` entry, the caption member holding what
+    ``zoo curate`` writes: the caption, then 1-4 concepts with descending scores (global +
+    local, in (0, 2]) as JSON, then an empty k-means archive (curation's default)."""
+    from zoo.cocu.curation import rewrite_caption
+
+    rows = []
+    for i in range(samples):
+        label = i % len(_CURATED_CONCEPTS)
+        count = int(rng.integers(1, 5))
+        picks = rng.choice(len(_CURATED_CONCEPTS), size=count, replace=False)
+        scores = np.sort(rng.uniform(0.5, 2.0, size=count))[::-1]
+        scored = {_CURATED_CONCEPTS[j]: round(float(v), 4) for j, v in zip(picks, scores)}
+        caption = f"a photo of a {_CURATED_CONCEPTS[label]} ({i})"
+        text = rewrite_caption(caption, scored, {})
+        rows.append(
+            {
+                "image": _image_bytes(rng, label),
+                "label": label,
+                "captions": {c: text for c in entry.caption_columns},
+            }
+        )
+    return _write_shards(path, rows, entry)
