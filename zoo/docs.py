@@ -199,14 +199,18 @@ def write_readmes() -> list[Path]:
 TABLE_START, TABLE_END = "<!-- papers-table:start -->", "<!-- papers-table:end -->"
 
 
+#: Metric name endings shown in the root README's papers table.
+HEADLINE_METRICS = ("top1", "miou")
+
+
 def _reproduced_summary(entries: list[dict[str, Any]]) -> str:
-    """The newest top-1 result per (recipe, metric) of plain recipe runs; runs with
-    command-line overrides (controls, ablations) and older records are listed in the paper's
-    own README only. Of a few-shot sweep, the largest shot count is shown (``16-shot``)."""
+    """The newest headline result (top-1 accuracy, mIoU) per (recipe, metric) of plain recipe
+    runs; runs with command-line overrides (controls, ablations) and older records are listed
+    in the paper's own README only. Of a few-shot sweep, the largest shot count is shown (``16-shot``)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for e in entries:  # appended in time order: a later record replaces an earlier one
         metric = str(e.get("metric", "")).removeprefix("eval/")
-        if not metric.endswith("top1") or " -- " in str(e.get("command", "")):
+        if not metric.endswith(HEADLINE_METRICS) or " -- " in str(e.get("command", "")):
             continue
         key = (str(e.get("recipe", "")), metric)
         shots, kept = e.get("shots"), latest.get(key)

@@ -94,3 +94,8 @@ def test_papers_table_shows_the_newest_plain_record_per_metric():
     assert (
         _reproduced_summary(entries) == "zeroshot_top1 20.0 ± 1.0 (tiny.yaml, 3 seeds, `bbbbbbb`)"
     )
+    miou = {**entry(3.6, "ddddddd4"), "metric": "eval/zeroshot_seg_miou"}
+    loss = {**entry(0.5, "eeeeeee5"), "metric": "train/loss"}
+    assert _reproduced_summary([miou, loss]) == (
+        "zeroshot_seg_miou 3.6 ± 1.0 (tiny.yaml, 3 seeds, `ddddddd`)"
+    )
