@@ -53,7 +53,6 @@ from zoo.cocu.curation import (
 )
 from zoo.data.image_text_datamodule import ImageTextDataModule
 from zoo.data.splits import SplitSpec
-from zoo.data.transforms import TRANSFORMS
 
 #: PASCAL VOC 2012's 20 object classes (mmsegmentation's ``PascalVOCDataset`` order; mask
 #: value c + 1 is class c, 0 background, 255 ignored).
@@ -63,33 +62,6 @@ VOC_CLASSES = (
     "train", "tv monitor",
 )  # fmt: skip
 
-
-def _deit(size, mean, std, crop_scale, solarize_p, interpolation) -> list:
-    """GroupViT / CoCu's DeiT-style training view (``img_aug`` of the official configs):
-    timm ``create_transform``: RandomResizedCrop scale 0.08-1 (``crop_scale``), bilinear,
-    flip, colour jitter 0.4, RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25
-    (pixel mode, 1 erase)."""
-    from timm.data import create_transform
-
-    return [
-        create_transform(
-            size,
-            is_training=True,
-            scale=crop_scale or (0.08, 1.0),
-            color_jitter=0.4,
-            auto_augment="rand-m9-mstd0.5-inc1",
-            interpolation="bilinear",
-            re_prob=0.25,
-            re_mode="pixel",
-            re_count=1,
-            mean=tuple(mean),
-            std=tuple(std),
-        )
-    ]
-
-
-# registered here (additively) so `train_transform: deit` names it in CoCu's recipes
-TRANSFORMS.setdefault("deit", _deit)
 
 #: GroupViT's segmentation prompt set (``template: simple``).
 SIMPLE_TEMPLATES = ["a photo of a {}."]

@@ -133,8 +133,11 @@ class TiMix(DualEncoderProtocols, ZooModule):
             CLIP's to 256 px).
         timix: TPP + PTA + mixing (False: the ITC baseline).
         pruning_loc: the ViT block after which the TPP reads the patch tokens (official 5).
-        temperature_init / temperature_min / temperature_max: τ's init and clamp.
-        min_side_ratio / max_side_ratio: the mixed window's side range (official config).
+        temperature_init: τ's initial value (0.07).
+        temperature_min: τ's lower clamp (0.001).
+        temperature_max: τ's upper clamp (0.5).
+        min_side_ratio: the smallest mixed-window side as a fraction of the patch grid (0.35).
+        max_side_ratio: the largest mixed-window side as a fraction of the patch grid (0.75).
         placement: ``saliency`` (TiMix) or ``random`` (CutMix-style ablation).
         text_targets: ``same`` (official) or ``transposed`` soft labels for text→image.
         steps: ``separate`` (official three optimiser steps) or ``joint``.

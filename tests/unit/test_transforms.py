@@ -127,7 +127,7 @@ def test_eval_is_deterministic_resize_center_crop() -> None:
 
 
 def test_registry_overrides_and_pickling() -> None:
-    assert set(TRANSFORMS) == {"clip", "ssl", "eval", "coop", "tip", "sgva"}
+    assert set(TRANSFORMS) == {"clip", "ssl", "eval", "coop", "tip", "sgva", "deit"}
     assert _find(build_transform("clip", 8, crop_scale=(0.2, 0.3)), T.RandomResizedCrop)[
         0
     ].scale == (0.2, 0.3)

@@ -122,6 +122,30 @@ def _sgva(size, mean, std, crop_scale, solarize_p, interpolation) -> list[Callab
     ]
 
 
+def _deit(size, mean, std, crop_scale, solarize_p, interpolation) -> list[Callable]:
+    """GroupViT / CoCu's DeiT-style training view (``img_aug`` of the official configs):
+    timm ``create_transform``: RandomResizedCrop scale 0.08-1 (``crop_scale``), bilinear,
+    flip, colour jitter 0.4, RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25
+    (pixel mode, 1 erase)."""
+    from timm.data import create_transform
+
+    return [
+        create_transform(
+            size,
+            is_training=True,
+            scale=crop_scale or (0.08, 1.0),
+            color_jitter=0.4,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            interpolation="bilinear",
+            re_prob=0.25,
+            re_mode="pixel",
+            re_count=1,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    ]
+
+
 TRANSFORMS: dict[str, Callable[..., list[Callable]]] = {
     "clip": _clip,
     "ssl": _ssl,
@@ -129,6 +153,7 @@ TRANSFORMS: dict[str, Callable[..., list[Callable]]] = {
     "coop": _crop_flip((0.08, 1.0)),
     "tip": _crop_flip((0.5, 1.0)),
     "sgva": _sgva,
+    "deit": _deit,
 }
 
 
