@@ -81,7 +81,8 @@ def info_command(argv: Sequence[str]) -> int:
     for key in ("venue", "arxiv", "code"):
         if info.get(key):
             print(f"  {key}: {info[key]}")
-    reported = meta.get("reported") or []
+    reported = [r for r in meta.get("reported") or [] if r.get("claim") is None]
+    claims = [r for r in meta.get("reported") or [] if r.get("claim") is not None]
     if reported:
         print(f"\nReported ({reported[0].get('source', 'see metafile')}):")
         header = ["dataset", "setting", "metric", "value", "recipe"]
@@ -96,6 +97,10 @@ def info_command(argv: Sequence[str]) -> int:
             for r in reported
         ]
         print("\n".join("  " + line for line in _table(rows, header)))
+    for claim in claims:
+        print(f"\nClaimed ({claim.get('source', '')}): {claim['claim']}")
+    if meta.get("reported_unavailable") and not reported:
+        print(f"\nReported: no number listed. {meta['reported_unavailable']}")
     reproduced = meta.get("reproduced") or []
     if reproduced:
         print("\nReproduced in this zoo:")

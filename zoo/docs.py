@@ -55,13 +55,22 @@ def render_readme(paper: Paper) -> str:
     return "\n".join(out)
 
 
+def recipe_setting(entry: dict[str, Any]) -> str:
+    """A reproduced entry's recipe, with the ``zoo fit`` overrides it was run with."""
+    overrides = " ".join(entry.get("overrides") or [])
+    return f"`{entry.get('recipe', '')}`" + (f" `{overrides}`" if overrides else "")
+
+
 def _results_sections(meta: dict[str, Any]) -> list[str]:
     """Reported results, reproduced results and notes: shared by the README and the site."""
     out: list[str] = []
     reported = meta.get("reported") or []
-    if reported:
-        sources = sorted({r.get("source", "") for r in reported})
+    numbers = [r for r in reported if r.get("claim") is None]
+    claims = [r for r in reported if r.get("claim") is not None]
+    if reported or meta.get("reported_unavailable"):
         out.append("## Reported results\n")
+    if numbers:
+        sources = sorted({r.get("source", "") for r in numbers})
         out.append("Source: " + "; ".join(sources) + "\n")
         rows = [
             [
@@ -71,12 +80,20 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
                 r.get("value", ""),
                 f"`{r.get('recipe', '')}`",
             ]
-            for r in reported
+            for r in numbers
         ]
         out.append(_md_table(["setting", "evaluated on", "metric", "value", "recipe"], rows) + "\n")
-    elif meta.get("reported_unavailable"):
-        out.append("## Reported results\n")
-        out.append(f"None listed: {meta['reported_unavailable']}\n")
+    if claims:
+        # a qualitative result: what the tiny reproduction is read against
+        out.append("Claims the paper makes without a checkable number:\n")
+        out.extend(
+            f"- {r['claim']} ({r.get('metric', '')} on {r.get('dataset', '')}; recipe "
+            f"`{r.get('recipe', '')}`; source: {r.get('source', '')})"
+            for r in claims
+        )
+        out.append("")
+    if meta.get("reported_unavailable") and not numbers:
+        out.append(f"No number listed: {meta['reported_unavailable']}\n")
     reproduced = meta.get("reproduced") or []
     out.append("## Reproduced in this zoo\n")
     if reproduced:
@@ -84,7 +101,7 @@ def _results_sections(meta: dict[str, Any]) -> list[str]:
         swept = any(r.get("shots") is not None for r in reproduced)
         rows = [
             [
-                f"`{r.get('recipe', '')}`",
+                recipe_setting(r),
                 *([r.get("shots", "")] if swept else []),
                 r.get("metric", ""),
                 f"{r.get('mean', float('nan')):.2f} ± {r.get('std', float('nan')):.2f}",
@@ -237,7 +254,7 @@ def render_papers_table() -> str:
                 f"[{paper.slug}](recipes/{paper.slug}/README.md)",
                 str(meta.get("paper", {}).get("arxiv", "")),
                 str(len(paper.recipes)),
-                str(len(meta.get("reported") or [])),
+                str(sum(r.get("claim") is None for r in meta.get("reported") or [])),
                 _reproduced_summary(meta.get("reproduced") or []),
             ]
         )

@@ -30,17 +30,29 @@ class PaperInfo(_Strict):
 
 
 class ReportedResult(_Strict):
-    """A number as the paper (or its official code) reports it, with where it comes from."""
+    """A number as the paper (or its official code) reports it, with where it comes from.
+
+    A paper whose checkable sources state only a qualitative result (an abstract's "improves
+    over the baseline by a large margin") lists it as a ``claim`` instead of a ``value``: the
+    claim, in the project's words, is what a reproduction is read against. Exactly one of
+    ``value`` and ``claim`` is set."""
 
     dataset: str
     metric: str
-    value: float
+    value: float | None = None
+    claim: str | None = Field(default=None, min_length=20)
     recipe: str
     source: str = Field(min_length=1)
     setting: str | None = None
     pretrain_data: str | None = None
     backbone: str | None = None
     epochs: int | None = None
+
+    @model_validator(mode="after")
+    def _number_or_claim(self) -> ReportedResult:
+        if (self.value is None) == (self.claim is None):
+            raise ValueError("a reported result has a value (a number) or a claim, not both")
+        return self
 
 
 class ReproducedResult(_Strict):
@@ -64,6 +76,9 @@ class ReproducedResult(_Strict):
     zoo_version: str | None = None
     config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     shots: int | None = None
+    #: ``zoo fit`` overrides given to ``zoo reproduce`` after ``--`` (e.g. a label fraction
+    #: of a sweep): the entry's setting differs from the recipe file by these.
+    overrides: list[str] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ReproducedResult:
@@ -80,9 +95,10 @@ class ReproducedResult(_Strict):
 
 
 class Metafile(_Strict):
-    """``reported`` lists the paper's numbers; a paper that publishes none that can be
-    checked (only a claim, or numbers in a PDF no source here confirms) says why in
-    ``reported_unavailable`` instead, so the gap is stated rather than papered over."""
+    """``reported`` lists the paper's numbers. A paper with no number that can be checked
+    (only a claim, or numbers in a PDF no source here confirms) lists its claims, if any, and
+    says in ``reported_unavailable`` why no number is listed, so the gap is stated rather than
+    papered over."""
 
     paper: PaperInfo
     reported: list[ReportedResult] = Field(default_factory=list)
@@ -100,8 +116,13 @@ class Metafile(_Strict):
                 "reported: list the paper's numbers (with their source), or say in "
                 "reported_unavailable why none can be listed"
             )
-        if self.reported and self.reported_unavailable:
+        numbers = [r for r in self.reported if r.value is not None]
+        if numbers and self.reported_unavailable:
             raise ValueError("reported_unavailable is for a metafile with no reported numbers")
+        if self.reported and not numbers and not self.reported_unavailable:
+            raise ValueError(
+                "reported lists only claims: say in reported_unavailable why no number is listed"
+            )
         return self
 
 

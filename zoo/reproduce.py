@@ -254,7 +254,7 @@ def run_seed(
 
 
 #: Record fields that must agree for records to be merged (the seed is the only difference).
-_MERGE_SAME = ("recipe", "paper", "commit", "dirty", "scale", "versions")
+_MERGE_SAME = ("recipe", "paper", "commit", "dirty", "scale", "versions", "overrides")
 
 
 def merge_records(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -338,6 +338,8 @@ def _entry(
         "hardware": record["hardware"],
         "zoo_version": record["versions"].get("vl-zoo"),
         "config_sha256": config_sha256,
+        # settings changed on the command line (after `--`): part of what was run
+        **({"overrides": record["overrides"]} if record.get("overrides") else {}),
     }
 
 
@@ -571,6 +573,7 @@ def reproduce_command(argv: Sequence[str]) -> int:
         "per_seed": per_seed,
         "scale": args.scale or f"recipe {recipe.stem}",
         "command": "python -m zoo reproduce " + shlex.join(argv),
+        "overrides": overrides,
         "config": configs[0],
         "config_sha256": hashlib.sha256(configs[0].encode()).hexdigest(),
         **started,
@@ -616,6 +619,7 @@ def _sweep_command(
         "sweep": runs,
         "scale": args.scale or f"recipe {recipe.stem}, shots {', '.join(map(str, shots))}",
         "command": "python -m zoo reproduce " + shlex.join(argv),
+        "overrides": overrides,
         **started,
     }
     out = Path(args.out or f"runs/reproduce/{paper}-{recipe.stem}.json")

@@ -61,6 +61,33 @@ def test_no_reported_numbers_needs_the_reason():
         validate_metafile(both)
 
 
+CLAIM = {
+    "dataset": "8 benchmarks",
+    "metric": "zero-shot mIoU",
+    "claim": "improves over the baseline by a large margin",
+    "recipe": "r.yaml",
+    "source": "abstract",
+}
+
+
+def test_a_claim_stands_for_a_number_only_with_the_reason():
+    data = copy.deepcopy(BASE) | {"reported": [CLAIM]}
+    with pytest.raises(ValidationError, match="only claims"):
+        validate_metafile(data)
+    data["reported_unavailable"] = "the paper's tables could not be checked from any source"
+    meta = validate_metafile(data)
+    assert meta.reported[0].value is None and meta.reported[0].claim.startswith("improves")
+    # a claim and a number in one entry, or neither, is ambiguous
+    for entry in ({**CLAIM, "value": 1.0}, {k: v for k, v in CLAIM.items() if k != "claim"}):
+        with pytest.raises(ValidationError, match="value .a number. or a claim"):
+            validate_metafile(copy.deepcopy(BASE) | {"reported": [entry]})
+    # numbers next to claims: the reason for "no number" no longer applies
+    mixed = copy.deepcopy(data)
+    mixed["reported"].append(BASE["reported"][0])
+    with pytest.raises(ValidationError, match="no reported numbers"):
+        validate_metafile(mixed)
+
+
 def test_valid_example_passes():
     assert validate_metafile(copy.deepcopy(BASE)).reproduced[0].mean == 20.0
 

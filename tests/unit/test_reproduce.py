@@ -61,3 +61,8 @@ def test_reproduce_records_and_appends(tmp_path, monkeypatch):
         entry["command"].startswith("python -m zoo reproduce")
         and "fast_dev_run" in entry["command"]
     )
+    # the settings changed after `--` are part of the entry and of its README row
+    assert record["overrides"] == entry["overrides"] == ["--trainer.fast_dev_run", "2"]
+    from zoo.docs import recipe_setting
+
+    assert recipe_setting(entry) == "`tiny.yaml` `--trainer.fast_dev_run 2`"

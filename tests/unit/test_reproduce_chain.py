@@ -178,6 +178,7 @@ def test_records_of_separate_seeds_merge_into_one_mean_and_std():
             "different settings",
         ),
         (_record(2, 1.0, sweep=[]), "sweeps"),
+        (_record(2, 1.0, overrides=["--data.init_args.labelled_fraction", "0.2"]), "overrides"),
     ],
 )
 def test_records_that_are_not_one_run_are_not_merged(other, message):
