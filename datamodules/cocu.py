@@ -235,16 +235,45 @@ class CuratedMosaics:
             emb, [c for _, c in rows], teacher, self.gallery, self.curation.config(), progress=False
         )
 
+        quality = self._quality(files, [f for f, _ in rows], curated)
+        print(
+            f"[cocu] curated concepts present in the mosaic: top-1 {quality['top1_precision']:.1f} "
+            f"%, top-3 {quality['top3_precision']:.1f} % (chance {quality['chance']:.1f} %; "
+            f"{len(rows)} training mosaics)",
+            flush=True,
+        )
+
         def fill(tmp: Path) -> str:
             lines = [
                 json.dumps({"image": str(images / f), "caption": text})
                 for (f, _), text in zip(rows, curated)
             ]
             (tmp / "train.jsonl").write_text("\n".join(lines) + "\n")
+            (tmp / "quality.json").write_text(json.dumps(quality, indent=2))
             return json.dumps(params)
 
         write_atomically(folder, "manifest.json", fill)
         return self.locate()
+
+    def _quality(self, files: Any, names: list[str], curated: list[str]) -> dict[str, float]:
+        """How often the curated concepts are right: the mosaics know which digits each image
+        holds (COCO instances), so the top-1 and top-3 concepts are checked against them."""
+        from zoo.cocu.curation import concept_precision, parse_rewritten
+
+        coco = json.loads(Path(files.instances("train")).read_text())
+        category = {c["id"]: c["name"] for c in coco["categories"]}
+        image_id = {img["file_name"]: img["id"] for img in coco["images"]}
+        present: dict[int, set[str]] = {}
+        for ann in coco["annotations"]:
+            present.setdefault(ann["image_id"], set()).add(category[ann["category_id"]])
+        truth = [present.get(image_id[n], set()) for n in names]
+        archives = [parse_rewritten(text)[1] for text in curated]
+        chance = 100.0 * sum(map(len, truth)) / (len(truth) * len(category))
+        return {
+            "top1_precision": concept_precision(archives, truth, 1),
+            "top3_precision": concept_precision(archives, truth, 3),
+            "chance": chance,
+        }
 
 
 class CoCuDataModule(ImageTextDataModule):

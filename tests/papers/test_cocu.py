@@ -238,6 +238,19 @@ def test_rewritten_caption_round_trip():
         parse_rewritten("just a caption")
 
 
+def test_concept_precision_by_hand():
+    from zoo.cocu.curation import concept_precision
+
+    archives = [{"sevens": 3.0, "two": 2.0, "one": 1.0}, {"four": 0.5, "nine": 0.9}]
+    present = [{"seven", "one"}, {"four"}]
+    # top-1: "sevens" (a plural of a present digit) hit, "nine" miss -> 1 of 2
+    assert concept_precision(archives, present, 1) == 50.0
+    # top-3: sevens, two, one (2 hits) + nine, four (1 hit) -> 3 of 5
+    assert concept_precision(archives, present, 3) == 60.0
+    with pytest.raises(ValueError, match="2 archives for 1 images"):
+        concept_precision(archives, present[:1], 1)
+
+
 # --- 4. sampling mode ---------------------------------------------------------------------
 
 
@@ -516,3 +529,20 @@ def test_curated_mosaics_prepare_data(tmp_path, monkeypatch):
     assert caption.startswith("a ") and scored and set(scored) <= set(dm.gallery)
     batch = next(iter(dm.train_dataloader()))
     assert batch["text"].shape == (8, 4, 16)
+    # the curation's precision against the mosaics' true digits, next to the curated file
+    quality = json.loads((Path(dm.splits["train"].path).parent / "quality.json").read_text())
+    coco = json.loads(Path(dm.mosaics.files().instances("train")).read_text())
+    per_image = {(a["image_id"], a["category_id"]) for a in coco["annotations"]}
+    assert quality["chance"] == pytest.approx(100 * len(per_image) / (24 * 10))
+    # the wiring: the recorded precision is that of the written captions against each
+    # mosaic's digits (concept_precision itself is checked by hand above)
+    from zoo.cocu.curation import concept_precision
+    from zoo.data.digit_mosaics import DIGIT_NAMES
+
+    by_file = {img["file_name"]: img["id"] for img in coco["images"]}
+    truth = [
+        {DIGIT_NAMES[c - 1] for i, c in per_image if i == by_file[Path(r["image"]).name]}
+        for r in rows
+    ]
+    archives = [parse_rewritten(r["caption"])[1] for r in rows]
+    assert quality["top3_precision"] == concept_precision(archives, truth, 3)

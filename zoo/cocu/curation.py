@@ -123,6 +123,25 @@ def build_gallery(concepts: Iterable[str], plurals: bool = True) -> list[str]:
     return list(gallery)
 
 
+def concept_precision(
+    archives: Sequence[Mapping[str, float]], present: Sequence[Iterable[str]], k: int
+) -> float:
+    """Percentage of the top-``k`` concepts of each archive (by score) that are in the image,
+    for data whose true concepts are known (the generated mosaics): ``present[i]`` holds image
+    i's concept names, singular; a curated plural counts as its singular (``pluralize``).
+    The chance level is the mean number of present concepts over the gallery size."""
+    if len(archives) != len(present):
+        raise ValueError(f"{len(archives)} archives for {len(present)} images")
+    hits = total = 0
+    for archive, names in zip(archives, present):
+        truth = {n.lower() for n in names}
+        truth |= {pluralize(n) for n in truth}
+        top = sorted(archive, key=archive.__getitem__, reverse=True)[:k]
+        hits += sum(c in truth for c in top)
+        total += len(top)
+    return 100.0 * hits / total if total else float("nan")
+
+
 def load_gallery(path: str) -> list[str]:
     """A gallery file: a JSON list of names, or CoCu's ``gallery.json`` (a mapping from a
     category to its list of names, flattened in order), or a text file with one name a line."""
