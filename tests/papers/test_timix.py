@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -381,6 +382,12 @@ def test_tiny_recipe_fits_two_steps_and_prints_retrieval(tmp_path, monkeypatch, 
     )
     out = capsys.readouterr().out
     assert "text→image" in out and "on 16 test images" in out
+    # retrieval by match counts the caption's own mosaic as a hit and other fitting ones
+    # too, so it is never below pair retrieval
+    line = next(s for s in out.splitlines() if "by match" in s)
+    pair, match = line.split("; by match: ")
+    numbers = [[float(x) for x in re.findall(r"\d+\.\d+", part)] for part in (pair, match)]
+    assert len(numbers[1]) == 4 and all(m >= p for m, p in zip(numbers[1], numbers[0]))
 
 
 # ------------------------------------------------------------------ ALBEF / mPLUG option

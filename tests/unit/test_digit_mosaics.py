@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,67 @@ def test_image_text_datamodule_batches_name_the_right_digits(tmp_path, monkeypat
     assert seen == set(range(8))
     with pytest.raises(ValueError, match="source: mosaics"):
         ImageTextDataModule(source="csv", mosaics={"splits": {"train": 2}})
+
+
+def test_caption_mentions_read_back_what_the_captions_name(files):
+    from zoo.data.digit_mosaics import caption_mentions
+
+    for split in SPLITS:
+        for ann in _load(files.captions(split))["annotations"]:
+            named = [(d, r, c) for d, (r, c) in _parse(ann["caption"])]
+            assert caption_mentions(ann["caption"], 2) == named
+    assert caption_mentions("a one in row 3 column 2.", 3) == [(1, 2, 1)]
+    with pytest.raises(ValueError, match="not a digit-mosaic caption"):
+        caption_mentions("a photo of a seven.", 2)
+
+
+def test_caption_relevance_by_hand():
+    from zoo.data.digit_mosaics import caption_relevance
+
+    tiles = np.array([[[7, -1], [2, 8]], [[7, 1], [3, 3]], [[-1, -1], [-1, 8]]])
+    captions = [
+        "a seven in the top left.",
+        "an eight in the bottom right.",
+        "a seven in the top left and an eight in the bottom right.",
+        "a two in the top right.",
+    ]
+    expected = np.array(
+        [
+            [True, True, False],  # 7 top left: images 0 and 1
+            [True, False, True],  # 8 bottom right: images 0 and 2
+            [True, False, False],  # both: image 0 only
+            [False, False, False],  # 2 top right: nobody (a blank tile is not a two)
+        ]
+    )
+    assert (caption_relevance(captions, tiles, 2) == expected).all()
+
+
+def test_datamodule_caption_relevance_agrees_with_the_label_masks(gen, files):
+    from zoo.data.image_text_datamodule import ImageTextDataModule
+
+    dm = ImageTextDataModule(
+        source="mosaics", mosaics={**asdict(gen), "root": gen.root}, image_size=16
+    )
+    relevance = dm.caption_relevance("test").numpy()
+    coco = _load(files.captions("test"))
+    ids = sorted(img["id"] for img in coco["images"])
+    captions = [
+        a["caption"]
+        for i in ids
+        for a in sorted(coco["annotations"], key=lambda a: a["id"])
+        if a["image_id"] == i
+    ]
+    assert relevance.shape == (len(captions), len(ids))
+    # from the masks (an independent record of the tiles): class d + 1 fills the named tile
+    name = {img["id"]: img["file_name"] for img in coco["images"]}
+    tile = gen.tile_size
+    masks = [np.asarray(Image.open(files.masks("test") / Path(name[i]).name)) for i in ids]
+    for t, caption in enumerate(captions):
+        for j, mask in enumerate(masks):
+            fits = all(
+                mask[r * tile + tile // 2, c * tile + tile // 2] == d + 1
+                for d, (r, c) in _parse(caption)
+            )
+            assert relevance[t, j] == fits, (caption, j)
+    own = np.repeat(np.arange(len(ids)), gen.captions_per_image)
+    assert relevance[np.arange(len(captions)), own].all()  # a caption fits its own mosaic

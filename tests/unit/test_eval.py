@@ -271,6 +271,29 @@ def test_retrieval_recall_features_and_torchmetrics_hit_rate() -> None:
         assert rec[f"t2i_r{k}"] == pytest.approx(100 * float(t2i_hit))
 
 
+def test_matched_recall_by_hand_and_equal_to_pair_recall_on_the_pairing() -> None:
+    from zoo.eval.retrieval import matched_recall_from_similarity
+
+    # With relevance = the pairing itself, retrieval by match is pair retrieval (ties too).
+    pairing = _T2I[:, None] == torch.arange(4)[None, :]
+    assert matched_recall_from_similarity(_SIM, pairing, (1, 2, 6), 3) == pytest.approx(
+        retrieval_recall_from_similarity(_SIM, _T2I, (1, 2, 6))
+    )
+    # 3 images x 2 captions: caption 0 fits images 0 and 2, caption 1 fits image 1 only.
+    sim = torch.tensor([[0.1, 0.3], [0.2, 0.9], [0.8, 0.4]])
+    fits = torch.tensor([[True, False, True], [False, True, False]])
+    rec = matched_recall_from_similarity(sim, fits, ks=(1,))
+    # text->image: caption 0 ranks image 2 (fits) first; caption 1 ranks image 1 first -> 100.
+    # image->text: image 0 ranks caption 1 (miss) first; image 1 caption 1 (hit); image 2
+    # caption 0 (hit) -> 2 of 3.
+    assert rec == pytest.approx({"t2i_r1": 100.0, "i2t_r1": 200 / 3})
+    # pair recall on the same scores (caption 0 is image 0's): caption 0's top image is 2 -> miss
+    pair = retrieval_recall_from_similarity(sim[:2], torch.tensor([0, 1]), ks=(1,))
+    assert pair["t2i_r1"] == 50.0
+    with pytest.raises(ValueError, match="relevance must have shape"):
+        matched_recall_from_similarity(sim, fits.T)
+
+
 # --------------------------------------------------------------------------- callbacks
 
 _CLASSES = ["zero", "one", "two"]

@@ -103,6 +103,41 @@ def digit_phrase(digit: int) -> str:
     return f"{'an' if name == 'eight' else 'a'} {name}"  # "one" sounds like "won": "a one"
 
 
+def caption_mentions(caption: str, grid: int) -> list[tuple[int, int, int]]:
+    """The ``(digit, row, col)`` tiles a mosaic caption names: the inverse of the captions
+    written here ("a seven in the top left and an eight in the bottom right.")."""
+    import re
+
+    names = "|".join(DIGIT_NAMES)
+    where = r"the (top|bottom) (left|right)" if grid == 2 else r"row (\d+) column (\d+)"
+    found = []
+    for m in re.finditer(rf"an? ({names}) in {where}", caption):
+        digit = DIGIT_NAMES.index(m.group(1))
+        if grid == 2:
+            row, col = int(m.group(2) == "bottom"), int(m.group(3) == "right")
+        else:
+            row, col = int(m.group(2)) - 1, int(m.group(3)) - 1
+        found.append((digit, row, col))
+    if not found:
+        raise ValueError(f"not a digit-mosaic caption: {caption!r}")
+    return found
+
+
+def caption_relevance(captions: list[str], tile_labels: np.ndarray, grid: int) -> np.ndarray:
+    """``(N_captions, N_images)`` bool: image j fits caption i when every tile the caption
+    names holds the named digit (other tiles are free). ``tile_labels``: ``(N_images, grid,
+    grid)`` digit per tile, -1 when blank. Several images fit a caption that names fewer
+    tiles than the images hold, which is what retrieval "by match" counts as a hit."""
+    free = -2
+    wanted = np.full((len(captions), grid * grid), free, dtype=np.int64)
+    for i, caption in enumerate(captions):
+        for digit, row, col in caption_mentions(caption, grid):
+            wanted[i, row * grid + col] = digit
+    labels = tile_labels.reshape(len(tile_labels), grid * grid)
+    fits = (wanted[:, None, :] == labels[None, :, :]) | (wanted[:, None, :] == free)
+    return fits.all(axis=-1)
+
+
 @lru_cache(maxsize=1)
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits

@@ -464,6 +464,36 @@ class ImageTextDataModule(ZooDataModule):
         self._ensure_splits()
         super().check_eval_split(split, who, labels=labels, captions=captions)
 
+    def caption_relevance(self, split: str) -> Any:
+        """``(N_captions, N_images)`` bool tensor, in the evaluation loader's order, of which
+        images fit which caption, for data that knows it (``source: mosaics``: a caption
+        names some tiles, and every image with those digits there fits it); ``None``
+        otherwise. :class:`zoo.eval.RetrievalEval` (``match: true``) scores retrieval by it."""
+        if self.mosaics is None:
+            return None
+        import json
+
+        import numpy as np
+        import torch
+
+        from zoo.data.digit_mosaics import caption_relevance
+
+        files = self.mosaics.files()
+        coco = json.loads(Path(files.captions(split)).read_text())
+        ids = sorted(img["id"] for img in coco["images"])  # the COCO reader's order
+        texts: dict[int, list[tuple[int, str]]] = {}
+        for ann in coco["annotations"]:
+            texts.setdefault(ann["image_id"], []).append((ann["id"], ann["caption"]))
+        captions = [c for i in ids for _, c in sorted(texts.get(i, []))]
+        grid = self.mosaics.grid
+        labels = np.full((len(ids), grid, grid), -1, dtype=np.int64)
+        row_of = {image_id: n for n, image_id in enumerate(ids)}
+        instances = json.loads(Path(files.instances(split)).read_text())
+        for ann in instances["annotations"]:
+            where = ann["attributes"]
+            labels[row_of[ann["image_id"]], where["row"], where["col"]] = ann["category_id"] - 1
+        return torch.from_numpy(caption_relevance(captions, labels, grid))
+
     def split_has_captions(self, split: str) -> bool:
         return bool(self.splits[split].caption_keys)
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -54,7 +55,7 @@ from torch import Tensor
 from zoo.eval.features import batch_get, encode_batched, eval_mode, extract_features
 from zoo.eval.knn import knn_accuracy
 from zoo.eval.linear_probe import DEFAULT_CS, linear_probe
-from zoo.eval.retrieval import retrieval_recall
+from zoo.eval.retrieval import matched_recall_from_similarity, retrieval_recall
 from zoo.eval.sharding import gathered_parameters, parameter_sharding
 from zoo.eval.visuals import log_embedding, log_eval_visuals, tensorboard_writers
 from zoo.eval.zeroshot import topk_accuracy, zeroshot_logits
@@ -592,6 +593,11 @@ class RetrievalEval(EvalCallback):
     module for ``features(images, "embed")`` and ``text_features(tokens)``
     (:mod:`zoo.protocols`). Logs ``eval/retrieval_i2t_r{k}`` and
     ``eval/retrieval_t2i_r{k}``. Each row of the split counts as a distinct image.
+
+    ``match``: also log ``eval/retrieval_{i2t,t2i}_match_r{k}``, where a hit is any item that
+    fits the query, from the datamodule's ``caption_relevance(split)`` (generated data that
+    knows it, e.g. digit mosaics whose captions name one tile: many mosaics fit "a seven in
+    the top left", and pair recall cannot tell a right look-alike from a wrong image).
     """
 
     def __init__(
@@ -600,11 +606,13 @@ class RetrievalEval(EvalCallback):
         ks: Sequence[int] = (1, 5, 10),
         text_batch_size: int = 256,
         every_n_epochs: int = 0,
+        match: bool = False,
     ) -> None:
         super().__init__(every_n_epochs)
         self.split = split
         self.ks = tuple(ks)
         self.text_batch_size = text_batch_size
+        self.match = match
 
     model_protocols = (ImageFeatures, TextFeatures)
 
@@ -636,4 +644,31 @@ class RetrievalEval(EvalCallback):
             f"retrieval R@{ks}: image→text {i2t}%, text→image {t2i}% "
             f"on {image.shape[0]} {self.split} images, {text.shape[0]} captions"
         )
-        return {f"retrieval_{n}": v for n, v in rec.items()}, summary
+        metrics = {f"retrieval_{n}": v for n, v in rec.items()}
+        if self.match:
+            relevance = self._relevance(datamodule, image.shape[0], text.shape[0])
+            image_n = F.normalize(image.float(), dim=-1)
+            text_n = F.normalize(text.float(), dim=-1)
+            matched = matched_recall_from_similarity(image_n @ text_n.T, relevance, self.ks)
+            metrics |= {f"retrieval_{n.replace('_r', '_match_r')}": v for n, v in matched.items()}
+            summary += "; by match: image→text " + "/".join(
+                f"{matched[f'i2t_r{k}']:.2f}" for k in self.ks
+            )
+            summary += "%, text→image " + "/".join(f"{matched[f't2i_r{k}']:.2f}" for k in self.ks)
+            summary += "%"
+        return metrics, summary
+
+    def _relevance(self, datamodule: Any, n_images: int, n_texts: int) -> Tensor:
+        relevance = getattr(datamodule, "caption_relevance", lambda split: None)(self.split)
+        if relevance is None:
+            raise ValueError(
+                f"RetrievalEval(match=True) needs a datamodule that knows which images fit "
+                f"which caption (caption_relevance); {type(datamodule).__name__} does not for "
+                f"the {self.split!r} split: drop match"
+            )
+        if tuple(relevance.shape) != (n_texts, n_images):
+            raise ValueError(
+                f"caption_relevance({self.split!r}) has shape {tuple(relevance.shape)}, but "
+                f"{n_texts} captions and {n_images} images were encoded (bad images dropped?)"
+            )
+        return relevance

@@ -15,6 +15,12 @@ positive, and q negatives and p positives tie with it, the hit probability at k 
 this is the usual 0/1 hit (equal to ``torchmetrics.retrieval.RetrievalHitRate``, tested);
 a collapsed model (all similarities equal) scores chance, k / N, instead of 0 % or 100 %.
 Images without any caption are left out of the image→text average.
+
+Retrieval by match (:func:`matched_recall_from_similarity`): where the data knows which
+images fit a caption beyond its own (a caption that names one tile of a digit mosaic fits
+every mosaic with that digit there), a hit is any fitting item in the top k. Pair recall then
+has a ceiling far below 100 % (with m fitting images, a perfect model's text→image R@1 is
+about 1/m), and the match recall is the one that reads as "how often is the top-k right".
 """
 
 from __future__ import annotations
@@ -97,3 +103,35 @@ def retrieval_recall(
     image = F.normalize(image_features.float(), dim=-1)
     text = F.normalize(text_features.float(), dim=-1)
     return retrieval_recall_from_similarity(image @ text.T, text_to_image, ks, chunk_size)
+
+
+def matched_recall_from_similarity(
+    similarity: Tensor,
+    relevance: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """R@k (percent) by match: ``similarity`` ``(N_img, N_txt)``, ``relevance`` ``(N_txt,
+    N_img)`` bool (image j fits caption i). text→image: a hit when a fitting image is in the
+    top k; image→text: when a caption the image fits is. Ties as in the module docstring;
+    queries with nothing relevant are left out. Returns ``{"i2t_r1": …, "t2i_r1": …}``."""
+    sim = similarity.float()
+    rel = relevance.to(device=sim.device, dtype=torch.bool)
+    if rel.shape != (sim.shape[1], sim.shape[0]):
+        raise ValueError(
+            f"relevance must have shape (N_txt, N_img) = {(sim.shape[1], sim.shape[0])}, "
+            f"got {tuple(rel.shape)}"
+        )
+    out: dict[str, float] = {}
+    for name, scores, positive in (("i2t", sim, rel.T), ("t2i", sim.T, rel)):
+        counts = torch.cat(
+            [
+                _tie_counts(rows, pos)
+                for rows, pos in zip(
+                    torch.split(scores, chunk_size), torch.split(positive, chunk_size)
+                )
+            ]
+        )[positive.any(dim=1)]
+        for k in ks:
+            out[f"{name}_r{k}"] = 100.0 * float(_hit_probability(counts, k).mean())
+    return out
