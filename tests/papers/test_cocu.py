@@ -546,3 +546,32 @@ def test_curated_mosaics_prepare_data(tmp_path, monkeypatch):
     ]
     archives = [parse_rewritten(r["caption"])[1] for r in rows]
     assert quality["top3_precision"] == concept_precision(archives, truth, 3)
+
+
+def test_zoo_curate_names_every_missing_input_before_loading_anything(tmp_path, capsys):
+    from zoo.cocu.rewrite import curate_command
+
+    gallery = tmp_path / "gallery.json"
+    gallery.write_text('["seven", "two"]')
+    out = tmp_path / "out.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        curate_command(
+            [
+                str(tmp_path / "pairs.csv"),
+                str(tmp_path / "shard-{000..001}.tar"),
+                "--output",
+                str(out),
+                "--teacher",
+                str(tmp_path / "teacher.ckpt"),
+                "--gallery",
+                str(gallery),
+                "--image-root",
+                str(tmp_path / "images"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    for name in ("pairs.csv", "shard-000.tar", "shard-001.tar", "teacher.ckpt", "images"):
+        assert name in err
+    assert "gallery" not in err.split("not found:")[1]  # the gallery exists
+    assert not out.exists()

@@ -300,6 +300,40 @@ def curate_shards(
 # --- the command ------------------------------------------------------------------------------
 
 
+def _local_paths(spec: str) -> list[str]:
+    """The local files a dataset argument names (a WebDataset brace pattern expanded); none
+    for URLs and ``pipe:`` sources, which are only read when curation streams them."""
+    if "://" in spec or spec.startswith("pipe:"):
+        return []
+    if "{" in spec:
+        from braceexpand import braceexpand
+
+        return list(braceexpand(spec))
+    return [spec]
+
+
+def missing_curation_inputs(
+    inputs: Sequence[str], teacher: str, gallery: str, image_root: str | None = None
+) -> list[str]:
+    """What ``zoo curate`` would fail on later, named up front: input tables or shards, the
+    gallery, the image root and a teacher given as a file path (a bare model-package name
+    is left to the loader)."""
+    missing = [
+        f"input {path}"
+        for spec in inputs
+        for path in _local_paths(spec)
+        if not Path(path).expanduser().exists()
+    ]
+    if not Path(gallery).expanduser().is_file():
+        missing.append(f"gallery {gallery}")
+    if image_root and not Path(image_root).expanduser().is_dir():
+        missing.append(f"image root {image_root}")
+    path_like = "/" in teacher or teacher.endswith((".ckpt", ".pt", ".pth", ".bin", ".safetensors"))
+    if path_like and not Path(teacher).expanduser().exists():
+        missing.append(f"teacher {teacher}")
+    return missing
+
+
 def curate_command(argv: Sequence[str]) -> int:
     """``python -m zoo curate``: see ``--help``."""
     parser = argparse.ArgumentParser(
@@ -343,6 +377,9 @@ def curate_command(argv: Sequence[str]) -> int:
                 flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name)
             )
     args = parser.parse_args(list(argv))
+    missing = missing_curation_inputs(args.input, args.teacher, args.gallery, args.image_root)
+    if missing:  # before the teacher loads and the index is built: every missing path at once
+        parser.error("not found: " + "; ".join(missing))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = CurationConfig(**{f.name: getattr(args, f.name) for f in fields(CurationConfig)})
     gallery = build_gallery(load_gallery(args.gallery), plurals=not args.no_plurals)
