@@ -488,6 +488,34 @@ def test_two_step_fit(tmp_path):
     assert 0.0 <= callback.results["eval/zeroshot_seg_miou"] <= 100.0
 
 
+def test_background_threshold_is_chosen_on_the_held_out_split_not_the_evaluated_one(monkeypatch):
+    from types import SimpleNamespace
+
+    from zoo.eval.segmentation import ZeroShotSegmentationEval
+
+    # mIoU per (split, threshold): val prefers 0.2, test would prefer 0.0
+    table = {("val", 0.0): 5.0, ("val", 0.2): 9.0, ("val", 0.5): 3.0}
+    table |= {("test", 0.0): 12.0, ("test", 0.2): 8.0, ("test", 0.5): 2.0}
+    seen = []
+
+    def fake_miou(self, trainer, module, dm, weights, split, thresh):
+        seen.append((split, thresh))
+        return table[(split, thresh)], 7
+
+    monkeypatch.setattr(ZeroShotSegmentationEval, "_miou", fake_miou)
+    callback = ZeroShotSegmentationEval(split="test", bg_thresh=[0.0, 0.2, 0.5], select_split="val")
+    dm = SimpleNamespace(segmentation_classnames=["one", "two"], templates=["a {}."])
+    module = SimpleNamespace(class_weights=lambda names, templates, tokenizer: torch.ones(2, 4))
+    metrics, summary = callback.evaluate(None, module, dm)
+    assert metrics == {"zeroshot_seg_bg_thresh": 0.2, "zeroshot_seg_miou": 8.0}
+    assert [s for s in seen if s[0] == "test"] == [("test", 0.2)]  # test scored once
+    assert "chosen on val" in summary
+    with pytest.raises(ValueError, match="needs select_split"):
+        ZeroShotSegmentationEval(bg_thresh=[0.1, 0.5])
+    with pytest.raises(ValueError, match="must differ"):
+        ZeroShotSegmentationEval(split="test", bg_thresh=[0.1], select_split="test")
+
+
 def test_curated_mosaics_prepare_data(tmp_path, monkeypatch):
     """prepare_data curates the mosaics with a teacher checkpoint and setup trains on it."""
     monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))

@@ -166,6 +166,13 @@ class ZeroShotSegmentationEval(EvalCallback):
     c + 1 is class c, 0 background) and ``templates``; the module for ``class_weights`` and
     ``semantic_segmentation(images, class_weights, bg_thresh)``. Scored over
     ``len(classnames) + 1`` classes (background included) with 255 ignored.
+
+    ``bg_thresh``: one value (GroupViT's per-dataset constant, e.g. 0.95 on VOC), or a list
+    of candidates with ``select_split``: each is scored on that held-out split, the best
+    mIoU's threshold is used on ``split`` and logged as ``eval/<name>_bg_thresh`` (a model
+    whose class scores are flatter than the constant assumes, a small one trained briefly,
+    would otherwise label almost every pixel background, and picking the threshold on the
+    test split would tune on it).
     """
 
     model_protocols = ()
@@ -174,10 +181,11 @@ class ZeroShotSegmentationEval(EvalCallback):
     def __init__(
         self,
         split: str = "test",
-        bg_thresh: float = 0.95,
+        bg_thresh: float | list[float] = 0.95,
         name: str = "zeroshot_seg",
         max_batches: int | None = None,
         every_n_epochs: int = 0,
+        select_split: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs)
         self.split, self.bg_thresh, self.name, self.max_batches = (
@@ -186,6 +194,15 @@ class ZeroShotSegmentationEval(EvalCallback):
             name,
             max_batches,
         )
+        candidates = [float(t) for t in bg_thresh] if isinstance(bg_thresh, list) else None
+        if candidates is not None and (not candidates or select_split is None):
+            raise ValueError(
+                "ZeroShotSegmentationEval: a list of bg_thresh candidates needs select_split "
+                "(a held-out split to choose on, not the evaluated one)"
+            )
+        if select_split is not None and select_split == split:
+            raise ValueError(f"select_split must differ from split ({split!r})")
+        self.candidates, self.select_split = candidates, select_split
 
     def unavailable(self, pl_module: Any, datamodule: Any) -> str | None:
         if datamodule is None:
@@ -207,14 +224,48 @@ class ZeroShotSegmentationEval(EvalCallback):
         weights = pl_module.class_weights(
             classnames, list(datamodule.templates), tokenizer=data_tokenizer(datamodule)
         )
+        metrics: dict[str, float] = {}
+        chosen = ""
+        bg_thresh = self.bg_thresh
+        if self.candidates is not None:
+            assert self.select_split is not None
+            scores = [
+                self._miou(trainer, pl_module, datamodule, weights, self.select_split, t)[0]
+                for t in self.candidates
+            ]
+            best = max(range(len(scores)), key=scores.__getitem__)  # ties: the first listed
+            bg_thresh = self.candidates[best]
+            metrics[f"{self.name}_bg_thresh"] = bg_thresh
+            tried = ", ".join(f"{t:g}: {m:.2f}" for t, m in zip(self.candidates, scores))
+            chosen = f", chosen on {self.select_split} mIoU ({tried})"
+        miou, count = self._miou(trainer, pl_module, datamodule, weights, self.split, bg_thresh)
+        if count == 0:
+            return self._skip(f"the {self.split} segmentation loader yielded no images")
+        metrics[f"{self.name}_miou"] = miou
+        return (
+            metrics,
+            f"{self.name} mIoU: {miou:.2f}% ({len(classnames)} classes + background, "
+            f"bg_thresh {bg_thresh:g}{chosen}) on {count} {self.split} images",
+        )
+
+    def _miou(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        datamodule: Any,
+        weights: Tensor,
+        split: str,
+        bg_thresh: float,
+    ) -> tuple[float, int]:
+        """mIoU (%) and image count of one split at one background threshold."""
         limit = self._max_batches(trainer) or self.max_batches
         preds, targets = [], []
-        for i, batch in enumerate(datamodule.task_dataloader("segmentation", self.split)):
+        for i, batch in enumerate(datamodule.task_dataloader("segmentation", split)):
             if limit is not None and i >= limit:
                 break
             images = batch["image"].to(pl_module.device)
             with self._encoding(trainer):
-                pred = pl_module.semantic_segmentation(images, weights, bg_thresh=self.bg_thresh)
+                pred = pl_module.semantic_segmentation(images, weights, bg_thresh=bg_thresh)
             mask = batch["mask"]
             if pred.shape[-2:] != mask.shape[-2:]:
                 pred = F.interpolate(pred[:, None].float(), size=mask.shape[-2:], mode="nearest")[
@@ -223,11 +274,6 @@ class ZeroShotSegmentationEval(EvalCallback):
             preds.append(pred.long().cpu())
             targets.append(mask)
         if not preds:
-            return self._skip(f"the {self.split} segmentation loader yielded no images")
-        miou, _ = mean_iou(preds, targets, len(classnames) + 1)
-        count = sum(len(p) for p in preds)
-        return (
-            {f"{self.name}_miou": miou},
-            f"{self.name} mIoU: {miou:.2f}% ({len(classnames)} classes + background, "
-            f"bg_thresh {self.bg_thresh}) on {count} {self.split} images",
-        )
+            return float("nan"), 0
+        miou, _ = mean_iou(preds, targets, len(weights) + 1)
+        return miou, sum(len(p) for p in preds)
