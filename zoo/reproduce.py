@@ -39,6 +39,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,8 @@ def _nested_overrides(values: dict[str, str]) -> list[str]:
 
 #: Where ``--reuse-prerequisites`` keeps fitted prerequisites (relative to the working folder).
 PREREQUISITE_CACHE = Path("runs/reproduce/prerequisites")
+#: Where each prerequisite fit keeps its own final checkpoint (one fresh folder per fit).
+PREREQUISITE_FITS = Path("runs/reproduce/prerequisite-fits")
 
 
 def _file_sha256(path: str | Path) -> str:
@@ -199,13 +202,16 @@ class PrerequisiteChain:
         for callback in cli.trainer.callbacks:
             results.update(getattr(callback, "results", {}) or {})
         self._record(recipe, results)
-        checkpoint = cli.trainer.checkpoint_callback
-        path = checkpoint.last_model_path if checkpoint is not None else ""
-        if not path:
-            raise RuntimeError(
-                f"{recipe} saved no checkpoint (it needs ModelCheckpoint with save_last)"
-            )
-        path = str(Path(path).resolve())  # the working folder may change before it is used
+        # This fit's own copy of its final weights, in a folder no other run writes: the
+        # recipe's checkpoint folder is shared by every run of it from this working folder,
+        # so seeds fitted in parallel processes would overwrite each other's last.ckpt
+        # between the save and its use (a NaN loss raises before this point).
+        PREREQUISITE_FITS.mkdir(parents=True, exist_ok=True)
+        own = Path(
+            tempfile.mkdtemp(prefix=f"{recipe.stem}-seed{self.seed}-", dir=PREREQUISITE_FITS)
+        )
+        path = str((own / "last.ckpt").resolve())  # the working folder may change before use
+        cli.trainer.save_checkpoint(path)
         if key is None:
             return path
         import shutil

@@ -22,20 +22,25 @@ def _recipe(folder: Path, name: str, *after: str) -> Path:
 
 @pytest.fixture
 def fits(tmp_path, monkeypatch):
-    """Every fake fit: (recipe stem, seed, arguments); each writes a checkpoint whose bytes
-    say which fit made it, and reports one metric."""
+    """Every fake fit: (recipe stem, seed, arguments); each writes its recipe's last.ckpt (one
+    path per recipe, as a recipe's ModelCheckpoint folder is) whose bytes say which fit made
+    it, saves the same bytes where ``trainer.save_checkpoint`` is asked to, and reports one
+    metric."""
     calls: list[tuple[str, int, list[str]]] = []
 
     def run_lightning_cli(args):
         recipe = Path(args[args.index("--config") + 1])
         seed = int(args[args.index("--seed_everything") + 1])
         calls.append((recipe.stem, seed, list(args)))
-        ckpt = tmp_path / "runs" / recipe.stem / f"fit{len(calls)}.ckpt"
+        content = f"{recipe.stem} seed {seed} fit {len(calls)}"
+        ckpt = tmp_path / "runs" / recipe.stem / "last.ckpt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text(f"{recipe.stem} seed {seed} fit {len(calls)}")
+        ckpt.write_text(content)
         callback = SimpleNamespace(results={"eval/score": float(len(calls))})
         trainer = SimpleNamespace(
-            callbacks=[callback], checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt))
+            callbacks=[callback],
+            checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt)),
+            save_checkpoint=lambda path, text=content: Path(path).write_text(text),
         )
         return SimpleNamespace(trainer=trainer)
 
@@ -66,20 +71,17 @@ def test_prerequisites_are_fitted_depth_first_once_each_and_passed_on(tmp_path, 
     chain = PrerequisiteChain(seed=3)
     overrides = chain.overrides(final)
     assert [(stem, seed) for stem, seed, _ in fits] == [("base", 3), ("head_a", 3), ("head_b", 3)]
-    base_ckpt = str((tmp_path / "runs/base/fit1.ckpt").resolve())
-    # each head got the base's checkpoint; the final recipe gets all three, grouped by parent
+    # each head got the base's checkpoint (the bytes say which fit made it); the final
+    # recipe gets all three, grouped by parent
+    passed = {name: json.loads(value) for name, _, value in (o.partition("=") for o in overrides)}
+    assert list(passed) == ["--model.base", "--model.heads"]
+    base_ckpt = passed["--model.base"]["path"]
+    assert Path(base_ckpt).is_absolute() and Path(base_ckpt).read_text() == "base seed 3 fit 1"
     for _, _, args in fits[1:]:
         assert f"--model.base={json.dumps({'path': base_ckpt})}" in args
-    assert overrides == [
-        f"--model.base={json.dumps({'path': base_ckpt})}",
-        "--model.heads="
-        + json.dumps(
-            {
-                "a": str((tmp_path / "runs/head_a/fit2.ckpt").resolve()),
-                "b": str((tmp_path / "runs/head_b/fit3.ckpt").resolve()),
-            }
-        ),
-    ]
+    heads = passed["--model.heads"]
+    assert Path(heads["a"]).read_text() == "head_a seed 3 fit 2"
+    assert Path(heads["b"]).read_text() == "head_b seed 3 fit 3"
     assert chain.metrics == {
         "base:eval/score": 1.0,
         "head_a:eval/score": 2.0,
@@ -184,3 +186,16 @@ def test_records_of_separate_seeds_merge_into_one_mean_and_std():
 def test_records_that_are_not_one_run_are_not_merged(other, message):
     with pytest.raises(ValueError, match=message):
         reproduce.merge_records([_record(1, 1.0), other])
+
+
+def test_each_fit_keeps_its_own_checkpoint_when_runs_share_a_recipe_folder(tmp_path, fits):
+    """Seeds run as parallel processes from one working folder share the recipe's
+    checkpoint folder; each chain must pass on its own fit's weights, not the last writer's."""
+    final = _recipe(tmp_path, "final", "model.base.path = recipes/demo/base.yaml")
+    _recipe(tmp_path, "base")
+    seed0, seed1 = PrerequisiteChain(seed=0), PrerequisiteChain(seed=1)
+    path0 = json.loads(seed0.overrides(final)[0].partition("=")[2])["path"]
+    path1 = json.loads(seed1.overrides(final)[0].partition("=")[2])["path"]  # overwrites last.ckpt
+    assert (tmp_path / "runs/base/last.ckpt").read_text() == "base seed 1 fit 2"
+    assert Path(path0).read_text() == "base seed 0 fit 1"  # still seed 0's own weights
+    assert Path(path1).read_text() == "base seed 1 fit 2" and path0 != path1
