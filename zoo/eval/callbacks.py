@@ -646,7 +646,9 @@ class RetrievalEval(EvalCallback):
         )
         metrics = {f"retrieval_{n}": v for n, v in rec.items()}
         if self.match:
-            relevance = self._relevance(datamodule, image.shape[0], text.shape[0])
+            relevance = self._relevance(
+                datamodule, image.shape[0], text.shape[0], self._max_batches(trainer) is not None
+            )
             image_n = F.normalize(image.float(), dim=-1)
             text_n = F.normalize(text.float(), dim=-1)
             matched = matched_recall_from_similarity(image_n @ text_n.T, relevance, self.ks)
@@ -658,7 +660,9 @@ class RetrievalEval(EvalCallback):
             summary += "%"
         return metrics, summary
 
-    def _relevance(self, datamodule: Any, n_images: int, n_texts: int) -> Tensor:
+    def _relevance(self, datamodule: Any, n_images: int, n_texts: int, limited: bool) -> Tensor:
+        """The datamodule's relevance, cut to the first batches when only those were encoded
+        (``fast_dev_run``: the loader is in order, so they are its first rows)."""
         relevance = getattr(datamodule, "caption_relevance", lambda split: None)(self.split)
         if relevance is None:
             raise ValueError(
@@ -666,6 +670,8 @@ class RetrievalEval(EvalCallback):
                 f"which caption (caption_relevance); {type(datamodule).__name__} does not for "
                 f"the {self.split!r} split: drop match"
             )
+        if limited and relevance.shape[0] >= n_texts and relevance.shape[1] >= n_images:
+            relevance = relevance[:n_texts, :n_images]
         if tuple(relevance.shape) != (n_texts, n_images):
             raise ValueError(
                 f"caption_relevance({self.split!r}) has shape {tuple(relevance.shape)}, but "
