@@ -259,16 +259,13 @@ class CuratedMosaics:
         """How often the curated concepts are right: the mosaics know which digits each image
         holds (COCO instances), so the top-1 and top-3 concepts are checked against them."""
         from zoo.cocu.curation import concept_precision, parse_rewritten
+        from zoo.data.digit_mosaics import DIGIT_NAMES
 
-        coco = json.loads(Path(files.instances("train")).read_text())
-        category = {c["id"]: c["name"] for c in coco["categories"]}
-        image_id = {img["file_name"]: img["id"] for img in coco["images"]}
-        present: dict[int, set[str]] = {}
-        for ann in coco["annotations"]:
-            present.setdefault(ann["image_id"], set()).add(category[ann["category_id"]])
-        truth = [present.get(image_id[n], set()) for n in names]
+        files_in_order, labels = files.tile_labels("train", self.mosaics.grid)
+        row_of = {name: n for n, name in enumerate(files_in_order)}
+        truth = [{DIGIT_NAMES[d] for d in labels[row_of[n]].ravel() if d >= 0} for n in names]
         archives = [parse_rewritten(text)[1] for text in curated]
-        chance = 100.0 * sum(map(len, truth)) / (len(truth) * len(category))
+        chance = 100.0 * sum(map(len, truth)) / (len(truth) * len(DIGIT_NAMES))
         return {
             "top1_precision": concept_precision(archives, truth, 1),
             "top3_precision": concept_precision(archives, truth, 3),

@@ -516,6 +516,39 @@ def test_background_threshold_is_chosen_on_the_held_out_split_not_the_evaluated_
         ZeroShotSegmentationEval(split="test", bg_thresh=[0.1], select_split="test")
 
 
+def test_a_missing_threshold_split_fails_before_training(tmp_path):
+    import lightning as L
+
+    from datamodules.cocu import CoCuDataModule
+    from zoo.eval.segmentation import ZeroShotSegmentationEval
+
+    dm = CoCuDataModule(
+        source="mosaics",
+        mosaics={
+            "root": str(tmp_path / "mosaics"),
+            "splits": {"train": 16, "test": 4},
+            "tile_size": 8,
+        },
+        concepts="caption",
+        image_size=16,
+        context_length=16,
+        batch_size=8,
+    )
+    callback = ZeroShotSegmentationEval(split="test", bg_thresh=[0.0, 0.5], select_split="val")
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    with pytest.raises(FileNotFoundError, match="masks/val"):
+        trainer.fit(_tiny_model(), dm)
+    assert trainer.global_step == 0  # the mosaics have no val split: refused at fit start
+
+
 def test_curated_mosaics_prepare_data(tmp_path, monkeypatch):
     """prepare_data curates the mosaics with a teacher checkpoint and setup trains on it."""
     monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))

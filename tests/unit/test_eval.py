@@ -508,3 +508,43 @@ def test_callbacks_fast_dev_run_use_one_batch(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "on 10 test images" in out and "fitted on 10" in out
     assert all(cb.results for cb in callbacks)
+
+
+def _fit_one_step(tmp_path, monkeypatch, callback):
+    """A tiny CLIP on the digits (no caption relevance) with ``callback``: returns the
+    trainer and the error the fit raised."""
+    import lightning as L
+
+    from datamodules.clip import CLIPDataModule
+    from lightning_modules.clip import CLIP
+
+    monkeypatch.setenv("VL_ZOO_CACHE", str(tmp_path / "cache"))
+    dm = CLIPDataModule(
+        source="digits",
+        digits={"size": 16, "format": "csv"},
+        image_size=16,
+        context_length=16,
+        batch_size=32,
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    with pytest.raises(ValueError) as err:
+        trainer.fit(CLIP(encoder={"preset": "vit-tiny-digits"}), dm)
+    return trainer, str(err.value)
+
+
+def test_retrieval_by_match_without_relevance_fails_before_training(tmp_path, monkeypatch):
+    from zoo.eval import RetrievalEval
+
+    trainer, message = _fit_one_step(
+        tmp_path, monkeypatch, RetrievalEval(split="test", ks=(1,), match=True)
+    )
+    assert trainer.global_step == 0  # refused at fit start, not after training
+    assert "caption_relevance" in message and "CLIPDataModule" in message

@@ -212,6 +212,18 @@ class MosaicFiles:
     def regions(self, split: str) -> Path:
         return self.root / "annotations" / f"regions_{self._check(split)}.json"
 
+    def tile_labels(self, split: str, grid: int) -> tuple[list[str], np.ndarray]:
+        """The split's image file names in image-id order (the COCO readers' order) and
+        their ``(N, grid, grid)`` digit per tile (-1 blank), read from the COCO instances."""
+        coco = json.loads(self.instances(split).read_text())
+        images = sorted(coco["images"], key=lambda img: img["id"])
+        row_of = {img["id"]: n for n, img in enumerate(images)}
+        labels = np.full((len(images), grid, grid), -1, dtype=np.int64)
+        for ann in coco["annotations"]:
+            where = ann["attributes"]
+            labels[row_of[ann["image_id"]], where["row"], where["col"]] = ann["category_id"] - 1
+        return [img["file_name"] for img in images], labels
+
     def _check(self, split: str) -> str:
         if split not in self.splits:
             raise KeyError(f"split {split!r} is not in {self.root} (written: {list(self.splits)})")

@@ -473,26 +473,19 @@ class ImageTextDataModule(ZooDataModule):
             return None
         import json
 
-        import numpy as np
         import torch
 
         from zoo.data.digit_mosaics import caption_relevance
 
         files = self.mosaics.files()
+        names, labels = files.tile_labels(split, self.mosaics.grid)
         coco = json.loads(Path(files.captions(split)).read_text())
-        ids = sorted(img["id"] for img in coco["images"])  # the COCO reader's order
+        image_id = {img["file_name"]: img["id"] for img in coco["images"]}
         texts: dict[int, list[tuple[int, str]]] = {}
         for ann in coco["annotations"]:
             texts.setdefault(ann["image_id"], []).append((ann["id"], ann["caption"]))
-        captions = [c for i in ids for _, c in sorted(texts.get(i, []))]
-        grid = self.mosaics.grid
-        labels = np.full((len(ids), grid, grid), -1, dtype=np.int64)
-        row_of = {image_id: n for n, image_id in enumerate(ids)}
-        instances = json.loads(Path(files.instances(split)).read_text())
-        for ann in instances["annotations"]:
-            where = ann["attributes"]
-            labels[row_of[ann["image_id"]], where["row"], where["col"]] = ann["category_id"] - 1
-        return torch.from_numpy(caption_relevance(captions, labels, grid))
+        captions = [c for name in names for _, c in sorted(texts.get(image_id[name], []))]
+        return torch.from_numpy(caption_relevance(captions, labels, self.mosaics.grid))
 
     def split_has_captions(self, split: str) -> bool:
         return bool(self.splits[split].caption_keys)

@@ -619,6 +619,11 @@ class RetrievalEval(EvalCallback):
     def required_splits(self) -> dict[str, dict[str, bool]]:
         return {self.split: {"labels": False, "captions": True}}
 
+    def check_data(self, trainer: pl.Trainer) -> None:
+        super().check_data(trainer)
+        if self.match:  # fail at fit start, not after training, when no relevance exists
+            self._datamodule_relevance(trainer.datamodule)
+
     def evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule: Any
     ) -> tuple[dict[str, float], str] | None:
@@ -663,18 +668,22 @@ class RetrievalEval(EvalCallback):
     def _relevance(self, datamodule: Any, n_images: int, n_texts: int, limited: bool) -> Tensor:
         """The datamodule's relevance, cut to the first batches when only those were encoded
         (``fast_dev_run``: the loader is in order, so they are its first rows)."""
-        relevance = getattr(datamodule, "caption_relevance", lambda split: None)(self.split)
-        if relevance is None:
-            raise ValueError(
-                f"RetrievalEval(match=True) needs a datamodule that knows which images fit "
-                f"which caption (caption_relevance); {type(datamodule).__name__} does not for "
-                f"the {self.split!r} split: drop match"
-            )
+        relevance = self._datamodule_relevance(datamodule)
         if limited and relevance.shape[0] >= n_texts and relevance.shape[1] >= n_images:
             relevance = relevance[:n_texts, :n_images]
         if tuple(relevance.shape) != (n_texts, n_images):
             raise ValueError(
                 f"caption_relevance({self.split!r}) has shape {tuple(relevance.shape)}, but "
                 f"{n_texts} captions and {n_images} images were encoded (bad images dropped?)"
+            )
+        return relevance
+
+    def _datamodule_relevance(self, datamodule: Any) -> Tensor:
+        relevance = getattr(datamodule, "caption_relevance", lambda split: None)(self.split)
+        if relevance is None:
+            raise ValueError(
+                f"RetrievalEval(match=True) needs a datamodule that knows which images fit "
+                f"which caption (caption_relevance); {type(datamodule).__name__} does not for "
+                f"the {self.split!r} split: drop match"
             )
         return relevance

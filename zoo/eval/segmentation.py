@@ -204,6 +204,13 @@ class ZeroShotSegmentationEval(EvalCallback):
             raise ValueError(f"select_split must differ from split ({split!r})")
         self.candidates, self.select_split = candidates, select_split
 
+    def check_data(self, trainer: pl.Trainer) -> None:
+        """Open the evaluated split and the one the threshold is chosen on at fit start, so
+        a missing folder or split list fails before training, named."""
+        datamodule = trainer.datamodule
+        for split in dict.fromkeys(s for s in (self.split, self.select_split) if s):
+            datamodule.task_dataloader("segmentation", split)
+
     def unavailable(self, pl_module: Any, datamodule: Any) -> str | None:
         if datamodule is None:
             return "the trainer has no datamodule"
